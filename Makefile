@@ -1,0 +1,40 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TUNER := $(VENV)/bin/tuner
+STAMP := $(VENV)/.installed
+DEMO_DATA := data/demo
+# Each demo run is its own search (nothing earlier is overwritten); the model name stays "demo",
+# so the @champion alias moves to the newest promoted version.
+DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: demo test install ui clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(TUNER) data demo --out $(DEMO_DATA)
+	$(TUNER) search search_spaces/demo.yaml --name $(DEMO_NAME)
+	$(TUNER) leaderboard $(DEMO_NAME) --top 10
+	$(TUNER) promote $(DEMO_NAME) --model-name demo
+	$(TUNER) predict models:/demo@champion --images $(DEMO_DATA)/test --out submission.csv --quiet
+	$(TUNER) score submission.csv --key $(DEMO_DATA)/test_labels.csv
+	@echo ""
+	@echo "MLflow data: $(CURDIR)/mlflow.db (runs), $(CURDIR)/mlruns (artifacts), $(CURDIR)/runs (checkpoints)"
+	@echo "Open the leaderboard:  make ui   (then http://127.0.0.1:5000)"
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf runs mlruns mlflow.db submission.csv $(DEMO_DATA)
