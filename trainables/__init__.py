@@ -1,0 +1,1 @@
+"""trainables: everything ONE trial needs, plain PyTorch; imports no ray at module import time."""

@@ -1,0 +1,84 @@
+"""Checkpoints: everything needed to resume a trial exactly, or to predict without the search.
+
+The journal lost runs to missing resumes and models whose hyper-parameters were not saved with them.
+A checkpoint here holds model, optimizer, schedule, epoch, RNG states, history, the TrialConfig (as a
+plain dict) and class_to_idx. Only tensors, numbers, strings, lists and dicts go in, so it loads with
+``torch.load(weights_only=True)``: a checkpoint that needs pickled code is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, unreadable or unsafe; the message names the file."""
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.frombuffer(pickle.dumps(np.random.get_state()), dtype=np.uint8).copy()),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    # numpy's state round-trips through pickle bytes held in a uint8 tensor: weights_only-safe on
+    # load, and only our own bytes are unpickled (the file was already accepted as tensors-only).
+    np.random.set_state(pickle.loads(state["numpy"].numpy().tobytes()))
+    random.setstate(_literal_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _literal_tuple(text: str):
+    import ast
+
+    return ast.literal_eval(text)
+
+
+def save_checkpoint(directory: str | Path, **content: Any) -> Path:
+    """Writes ``directory/checkpoint.pt`` atomically (temporary name, then rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / CHECKPOINT_FILE
+    partial = directory / (CHECKPOINT_FILE + ".part")
+    torch.save({"format_version": FORMAT_VERSION, **content}, partial)
+    os.replace(partial, target)
+    return target
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint file (or the one inside a checkpoint directory) with weights_only=True."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint file")
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused, it needs pickled code to load (only tensors and plain data are "
+            f"accepted): {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from None
+    if not isinstance(content, dict) or "model" not in content:
+        raise CheckpointError(f"{path}: not a tuner checkpoint (no 'model' entry)")
+    return content

@@ -1,0 +1,180 @@
+"""TrialConfig: every knob of one trial, validated once, at construction.
+
+A config travels one way: CLI / YAML -> SearchSpec -> Optuna -> plain dict -> ``TrialConfig.from_dict``.
+The trial never reads the YAML or the command line itself, so everything it needs is a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A trial configuration value breaks a rule; the message names the key, the value and the rule."""
+
+
+FINETUNE_MODES = ("full", "head")
+LR_SCALING_MODES = ("none", "linear")
+CACHE_MODES = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """All the settings of a single training run.
+
+    Names of registries (``arch``, ``optimizer``, ``schedule``, ``augmentation``) are checked against
+    the registries themselves, so a typo lists the valid names instead of failing an hour later.
+    """
+
+    # --- data ---
+    train_dir: str
+    val_dir: str
+    image_size: int = 32  # pixels, square; images under 64 px get the small-input stem
+    train_subset: Optional[int] = None  # a fixed, seeded subset of N training images
+    lr_scaling: str = "none"  # "linear": lr x subset/full, the journal's rule for subsets
+    mean: Optional[tuple[float, float, float]] = None  # None: weights' stats, else dataset stats.json
+    std: Optional[tuple[float, float, float]] = None
+    cache: str = "auto"  # use a decoded-image cache beside the data when there is one
+    num_workers: int = 0  # DataLoader worker processes; 0 loads in the trial's own process
+
+    # --- model ---
+    arch: str = "resnet18"
+    width: float = 1.0  # channel multiplier of every resnet stage (1.0 = torchvision's widths)
+    growth_rate: Optional[int] = None  # densenets only; None keeps the architecture's default
+    pretrained: bool = False
+    weights_path: Optional[str] = None  # local state_dict for offline pretrained weights
+    finetune: str = "full"  # "head" trains only the classifier: the journal's weeks-long bug
+
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "dev-decay"
+    decay_factor: float = 0.5  # dev-decay: lr multiplier when val accuracy stops improving
+    decay_patience: int = 1  # dev-decay: epochs without improvement before a decay
+    min_lr: float = 1e-8  # dev-decay: the trial ends itself (converged) once lr falls below this
+    warmup_epochs: int = 0  # cosine schedule only
+
+    # --- augmentation ---
+    augmentation: str = "light"
+    aug: dict = field(default_factory=dict)  # preset parameters, e.g. {"rotation": 10}
+
+    # --- run ---
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the model (CUDA; slow to start, fast to run)
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and diagnostics
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 8, "image_size", self.image_size, "must be >= 8 pixels")
+        _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _require(
+            math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0"
+        )
+        _require(self.width > 0, "width", self.width, "must be > 0")
+        _require(self.momentum >= 0, "momentum", self.momentum, "must be >= 0")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(0 < self.decay_factor < 1, "decay_factor", self.decay_factor, "must be in (0, 1)")
+        _require(self.decay_patience >= 0, "decay_patience", self.decay_patience, "must be >= 0")
+        _require(self.min_lr >= 0, "min_lr", self.min_lr, "must be >= 0")
+        _require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+        _require(
+            self.train_subset is None or self.train_subset >= 1,
+            "train_subset", self.train_subset, "must be >= 1 (or null for all images)",
+        )
+        _require(
+            self.growth_rate is None or self.growth_rate >= 1,
+            "growth_rate", self.growth_rate, "must be >= 1",
+        )
+        _require_choice("finetune", self.finetune, FINETUNE_MODES)
+        _require_choice("lr_scaling", self.lr_scaling, LR_SCALING_MODES)
+        _require_choice("cache", self.cache, CACHE_MODES)
+        self._check_registered_names()
+
+    def _check_registered_names(self) -> None:
+        # Imported here so that `config` stays importable without torch for the cheapest checks.
+        from trainables.models import MODELS
+        from trainables.optim import OPTIMIZERS, SCHEDULES
+        from trainables.transforms import AUGMENTATIONS
+
+        for key, registry in (
+            ("arch", MODELS),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("augmentation", AUGMENTATIONS),
+        ):
+            try:
+                registry.get(getattr(self, key))
+            except KeyError as err:
+                raise ConfigError(f"{key}: {err.args[0]}") from None
+        try:
+            AUGMENTATIONS.get(self.augmentation).check_params(self.aug)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        backbone = MODELS.get(self.arch)
+        if self.width != 1.0 and not backbone.has_width:
+            raise ConfigError(f"width: {self.arch} has no width multiplier (resnets do), got {self.width}")
+        if self.growth_rate is not None and not backbone.has_growth_rate:
+            raise ConfigError(f"growth_rate: {self.arch} has no growth rate (densenets do)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        """Builds a config from a flat dict, rejecting keys this version does not know."""
+        values = fold_dotted_keys(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown trial setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(known))}"
+            )
+        for key in ("mean", "std"):
+            if values.get(key) is not None:
+                values[key] = tuple(float(v) for v in values[key])
+        try:
+            return cls(**values)
+        except TypeError as err:  # a required field is missing
+            raise ConfigError(str(err)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON- and torch.load(weights_only)-safe dict that round-trips through from_dict."""
+        out = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def fold_dotted_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"aug.rotation": 10}`` -> ``{"aug": {"rotation": 10}}``: searched preset parameters arrive flat."""
+    folded: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(key, str) and "." in key:
+            head, tail = key.split(".", 1)
+            nested = dict(folded.get(head) or {})
+            nested[tail] = value
+            folded[head] = nested
+        elif isinstance(value, dict) and isinstance(folded.get(key), dict):
+            folded[key] = {**value, **folded[key]}
+        else:
+            folded[key] = value
+    return folded
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {rule}, got {value!r}")
+
+
+def _require_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, value, f"must be one of {', '.join(choices)}")
