@@ -1,0 +1,1 @@
+"""Dataset preparation: competition JSON reader, downloader, split and channel statistics."""
