@@ -1,0 +1,1 @@
+"""tuner: distributed hyperparameter search for image classifiers (the driver side)."""

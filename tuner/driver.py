@@ -1,0 +1,165 @@
+"""The search driver: SearchSpec -> Ray Tune Tuner with OptunaSearch + a trial scheduler, run or resume.
+
+Optuna is told the truth about every trial (``TruthfulOptunaSearch``): a trial stopped by the
+scheduler is PRUNED (with its intermediate values), a diverged or crashed one FAILS, and only a trial
+that ended itself (its epochs done, or converged under dev-decay) is COMPLETE. Upstream OptunaSearch
+tells every stopped trial COMPLETE with its low-fidelity score, which teaches TPE that 2-epoch
+accuracies are final ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.errors import UserError
+from tuner.space import build_sampler, define_by_run, grid_points
+from tuner.spec import SearchSpec
+from tuner.tracking import MlflowTracking
+from trainables.trial import tune_trainable
+
+log = logging.getLogger(__name__)
+
+
+def optuna_outcome(result: Optional[dict], *, error: bool, metric: str):
+    """(state, value) to tell Optuna for a finished trial."""
+    status = (result or {}).get("status")
+    value = (result or {}).get(metric)
+    if error or status == "diverged" or value is None:
+        return optuna.trial.TrialState.FAIL, None
+    if status in ("completed", "converged"):
+        return optuna.trial.TrialState.COMPLETE, float(value)
+    # Still "running" in its last report: the scheduler (or the time budget) stopped it early.
+    return optuna.trial.TrialState.PRUNED, None
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, value = optuna_outcome(result, error=error, metric=self.metric)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as err:  # an already-finished trial after a restore, say
+            log.warning("could not tell Optuna about trial %s: %s", trial_id, err)
+        self._completed_trials.add(trial_id)
+
+
+@dataclass(frozen=True)
+class SearchPlaces:
+    """Where a search keeps its results: Ray storage, MLflow, the Optuna study."""
+
+    storage_path: str  # Ray's storage (local folder, or s3://… on a cluster)
+    tracking_uri: str
+    artifact_root: Optional[Path]
+    state_dir: Path  # small local state: MLflow run ids
+
+    def search_dir(self, name: str) -> str:
+        return os.path.join(self.storage_path, name)
+
+
+def optuna_storage_url(spec: SearchSpec, places: SearchPlaces) -> str:
+    if spec.storage:
+        return spec.storage
+    return f"sqlite:///{(places.state_dir / 'optuna.db').resolve()}"
+
+
+def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str) -> TruthfulOptunaSearch:
+    points = list(spec.points_to_evaluate)
+    if spec.sampler.name == "grid":
+        points = points + grid_points(spec.space)
+    places.state_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(optuna_storage_url(spec, places))
+    return TruthfulOptunaSearch(
+        space=define_by_run(spec.space),
+        metric=spec.metric,
+        mode=spec.mode,
+        sampler=build_sampler(spec),
+        study_name=study_name,
+        storage=storage,
+        points_to_evaluate=points or None,
+    )
+
+
+def build_scheduler(spec: SearchSpec):
+    settings = spec.scheduler
+    if settings.name == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",  # one report per epoch
+            metric=spec.metric,
+            mode=spec.mode,
+            max_t=spec.epochs,
+            grace_period=min(settings.grace_period, spec.epochs),
+            reduction_factor=settings.reduction_factor,
+        )
+    if settings.name == "median":
+        return MedianStoppingRule(
+            time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
+            grace_period=settings.grace_period,
+        )
+    return FIFOScheduler()
+
+
+def start_ray(address: Optional[str]) -> None:
+    if ray.is_initialized():
+        return
+    # "local" starts a fresh embedded cluster; a plain ray.init() would try to join a stale one.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+
+
+def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking) -> tune.Tuner:
+    searcher = build_searcher(spec, places, study_name=spec.name)
+    trainable = tune.with_resources(tune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    return tune.Tuner(
+        trainable,
+        param_space=spec.base_config(),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
+            scheduler=build_scheduler(spec),
+            num_samples=spec.budget.num_samples,
+            time_budget_s=spec.budget.time_budget_s,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=places.storage_path,
+            callbacks=[tracking],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,  # the best by metric (for promote) and Ray keeps the latest (resume)
+                checkpoint_score_attribute=spec.metric,
+                checkpoint_score_order=spec.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=1,
+        ),
+    )
+
+
+def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
+               *, address: Optional[str] = None):
+    search_dir = places.search_dir(spec.name)
+    if "://" not in search_dir and Path(search_dir).exists():
+        raise UserError(
+            f"search {spec.name!r} already exists in {places.storage_path}; "
+            f"continue it with `tuner resume {spec.name}` or choose another --name"
+        )
+    start_ray(address)
+    return build_tuner(spec, places, tracking).fit()

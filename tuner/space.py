@@ -1,0 +1,87 @@
+"""Compiles a SearchSpec's parameters into an Optuna define-by-run function and builds its sampler.
+
+The function only calls ``trial.suggest_*``: a parameter whose ``when`` condition does not hold is
+never suggested, so Optuna sees truly conditional spaces (width exists only for resnets).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import optuna
+
+from tuner.spec import Param, SearchSpec
+
+
+def condition_holds(param: Param, chosen: dict[str, Any]) -> bool:
+    return all(chosen.get(parent) in allowed for parent, allowed in param.when)
+
+
+def suggest(trial: optuna.Trial, param: Param) -> Any:
+    if param.kind in ("choice", "grid"):
+        return trial.suggest_categorical(param.name, list(param.choices))
+    if param.kind == "int":
+        step = int(param.step or 1)
+        return trial.suggest_int(param.name, int(param.low), int(param.high), step=step, log=param.log)
+    return trial.suggest_float(param.name, param.low, param.high, log=param.log, step=param.step)
+
+
+class DefineByRun:
+    """The define-by-run space function (a class, not a closure: Ray pickles the searcher)."""
+
+    def __init__(self, params: tuple[Param, ...]) -> None:
+        self.params = params
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        chosen: dict[str, Any] = {}
+        for param in self.params:
+            if condition_holds(param, chosen):
+                chosen[param.name] = suggest(trial, param)
+
+
+def define_by_run(params: tuple[Param, ...]) -> Callable[[optuna.Trial], None]:
+    return DefineByRun(params)
+
+
+def grid_points(params: tuple[Param, ...]) -> list[dict[str, Any]]:
+    """Every combination of the choice/grid options that the conditions allow (for the grid sampler)."""
+    points: list[dict[str, Any]] = [{}]
+    for param in params:
+        grown = []
+        for point in points:
+            if condition_holds(param, point):
+                grown.extend({**point, param.name: option} for option in param.choices)
+            else:
+                grown.append(point)
+        points = grown
+    unique = {tuple(sorted(p.items(), key=lambda kv: kv[0])): p for p in points}
+    return list(unique.values())
+
+
+def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    name, seed, options = spec.sampler.name, spec.sampler.seed, spec.sampler.options
+    if name == "tpe":
+        conditional = any(p.when for p in spec.space)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=options.get("multivariate", True),
+            group=options.get("group", conditional),  # group=True handles conditional subspaces
+            constant_liar=options.get("constant_liar", spec.budget.max_concurrent > 1),
+            n_startup_trials=options.get("n_startup_trials", 10),
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, **options)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, **options)
+    if name == "grid":
+        # Optuna's GridSampler takes the full product; conditional grids are enqueued instead.
+        product = {p.name: list(p.choices) for p in spec.space}
+        return optuna.samplers.GridSampler(product, seed=seed)
+    raise ValueError(f"sampler {name!r} is not supported")
+
+
+def grid_size(params: tuple[Param, ...]) -> int:
+    return len(list(itertools.islice(grid_points(params), 10**6)))

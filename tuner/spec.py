@@ -1,0 +1,390 @@
+"""SearchSpec: a search-space YAML file -> validated, frozen dataclasses.
+
+Every error names the file, the key path and the rule, e.g.
+``demo.yaml: space.lr.loguniform: low must be > 0, got -1``. Nothing else in the driver reads YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from tuner.errors import UserError
+from trainables.config import ConfigError, TrialConfig
+
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice", "grid")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+SCHEDULERS = ("asha", "median", "fifo")
+MODES = ("max", "min")
+TOP_KEYS = {
+    "name", "metric", "mode", "data", "fixed", "space", "sampler", "scheduler", "budget",
+    "resources", "points_to_evaluate", "storage", "tracking",
+}
+DATA_KEYS = {"train", "val", "test", "image_size"}
+# Keys of TrialConfig that the spec sets through `data:` and the driver, not through fixed/space.
+DATA_FIELDS = {"train_dir", "val_dir", "image_size"}
+
+
+class SpecError(UserError):
+    """A search spec breaks a rule; the message starts with ``file: key.path:``."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: a distribution and an optional condition on earlier choices."""
+
+    name: str
+    kind: str  # one of DISTRIBUTIONS
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: tuple = ()
+    when: tuple[tuple[str, tuple], ...] = ()  # ((param, allowed values), ...): all must hold
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    seed: Optional[int] = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    num_samples: int = 8
+    max_concurrent: int = 2
+    time_budget_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    cpu: float = 1
+    gpu: float = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: str
+    val: str
+    test: Optional[str] = None
+    image_size: int = 32
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    source: str  # the file it came from, for messages
+    data: DataSpec
+    fixed: dict
+    space: tuple[Param, ...]
+    metric: str = "val_acc"
+    mode: str = "max"
+    sampler: SamplerSpec = SamplerSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    budget: BudgetSpec = BudgetSpec()
+    resources: ResourceSpec = ResourceSpec()
+    points_to_evaluate: tuple[dict, ...] = ()
+    storage: Optional[str] = None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.fixed.get("epochs", TrialConfig.__dataclass_fields__["epochs"].default))
+
+    def base_config(self) -> dict:
+        """The fixed part of every trial's TrialConfig dict (data paths made absolute)."""
+        return {
+            "train_dir": self.data.train,
+            "val_dir": self.data.val,
+            "image_size": self.data.image_size,
+            **self.fixed,
+        }
+
+
+def load_spec(path: str | Path, overrides: Optional[dict] = None) -> SearchSpec:
+    """Reads and validates a search spec; ``overrides`` are ``fixed`` keys set from the CLI."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: search spec file does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path.name}: malformed YAML{where}: {problem}") from None
+    return parse_spec(raw, source=path.name, base_dir=path.parent, overrides=overrides)
+
+
+def parse_spec(
+    raw: Any, *, source: str, base_dir: Path = Path("."), overrides: Optional[dict] = None
+) -> SearchSpec:
+    ctx = _Context(source)
+    if not isinstance(raw, dict):
+        ctx.fail("", f"the file must hold a mapping of keys, got {type(raw).__name__}")
+    ctx.reject_unknown("", raw, TOP_KEYS)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or not name.replace("-", "").replace("_", "").isalnum():
+        ctx.fail("name", f"must be a non-empty name of letters, digits, - and _, got {name!r}")
+    data = _parse_data(ctx, raw.get("data"), base_dir)
+    fixed = dict(ctx.mapping("fixed", raw.get("fixed", {})))
+    fixed.update(overrides or {})
+    _check_trial_keys(ctx, "fixed", fixed)
+    space = _parse_space(ctx, raw.get("space", {}))
+    overlap = sorted(set(fixed) & {p.name for p in space})
+    if overlap:
+        ctx.fail(f"space.{overlap[0]}", "is also set in fixed; a key is either fixed or searched")
+    metric = raw.get("metric", "val_acc")
+    if not isinstance(metric, str) or not metric:
+        ctx.fail("metric", f"must be a metric name such as val_acc, got {metric!r}")
+    mode = raw.get("mode", "max")
+    if mode not in MODES:
+        ctx.fail("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    sampler = _parse_sampler(ctx, raw.get("sampler", {}), space)
+    spec = SearchSpec(
+        name=name,
+        source=source,
+        data=data,
+        fixed=fixed,
+        space=space,
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        scheduler=_parse_scheduler(ctx, raw.get("scheduler", {})),
+        budget=_parse_budget(ctx, raw.get("budget", {})),
+        resources=_parse_resources(ctx, raw.get("resources", {})),
+        points_to_evaluate=_parse_points(ctx, raw.get("points_to_evaluate", []), space),
+        storage=_optional_str(ctx, "storage", raw.get("storage")),
+    )
+    _check_example_trial(ctx, spec)
+    return spec
+
+
+class _Context:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, rule: str):
+        where = f"{self.source}: {key}: " if key else f"{self.source}: "
+        raise SpecError(where + rule)
+
+    def mapping(self, key: str, value: Any) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
+        return value
+
+    def reject_unknown(self, key: str, value: dict, known: set[str]) -> None:
+        unknown = sorted(set(map(str, value)) - known)
+        if unknown:
+            prefix = f"{key}." if key else ""
+            self.fail(f"{prefix}{unknown[0]}", f"unknown key; valid keys: {', '.join(sorted(known))}")
+
+    def number(self, key: str, value: Any, *, integer: bool = False, minimum=None, above=None):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            self.fail(key, f"must be a finite number, got {value!r}")
+        if integer and int(value) != value:
+            self.fail(key, f"must be a whole number, got {value!r}")
+        if minimum is not None and value < minimum:
+            self.fail(key, f"must be >= {minimum}, got {value!r}")
+        if above is not None and value <= above:
+            self.fail(key, f"must be > {above}, got {value!r}")
+        return int(value) if integer else value
+
+
+def _optional_str(ctx: _Context, key: str, value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        ctx.fail(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _parse_data(ctx: _Context, raw: Any, base_dir: Path) -> DataSpec:
+    raw = ctx.mapping("data", raw)
+    ctx.reject_unknown("data", raw, DATA_KEYS)
+    for key in ("train", "val"):
+        if not isinstance(raw.get(key), str):
+            ctx.fail(f"data.{key}", "is required: the path of an ImageFolder tree (<dir>/<class>/<image>)")
+
+    def resolve(value: Optional[str]) -> Optional[str]:
+        # Absolute: Ray runs each trial in its own working directory, and workers on other nodes.
+        if value is None:
+            return None
+        if "://" in value:
+            return value
+        p = Path(value).expanduser()
+        return str((p if p.is_absolute() else Path.cwd() / p).resolve())
+
+    image_size = ctx.number("data.image_size", raw.get("image_size", 32), integer=True, minimum=8)
+    test = raw.get("test")
+    if test is not None and not isinstance(test, str):
+        ctx.fail("data.test", f"must be a path, got {test!r}")
+    return DataSpec(resolve(raw["train"]), resolve(raw["val"]), resolve(test), image_size)
+
+
+def _trial_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrialConfig)}
+
+
+def _check_trial_keys(ctx: _Context, section: str, values: dict) -> None:
+    allowed = _trial_fields() - DATA_FIELDS
+    for key in values:
+        base = str(key).split(".", 1)[0]
+        if base not in allowed:
+            ctx.fail(f"{section}.{key}", f"unknown trial setting; valid: {', '.join(sorted(allowed))}")
+
+
+def _parse_space(ctx: _Context, raw: Any) -> tuple[Param, ...]:
+    raw = ctx.mapping("space", raw)
+    _check_trial_keys(ctx, "space", raw)
+    params: list[Param] = []
+    for name, entry in raw.items():
+        params.append(_parse_param(ctx, str(name), entry, {p.name: p for p in params}))
+    return tuple(params)
+
+
+def _parse_param(ctx: _Context, name: str, entry: Any, earlier: dict[str, Param]) -> Param:
+    key = f"space.{name}"
+    entry = ctx.mapping(key, entry)
+    kinds = [k for k in entry if k in DISTRIBUTIONS]
+    ctx.reject_unknown(key, entry, set(DISTRIBUTIONS) | {"when", "log", "step"})
+    if len(kinds) != 1:
+        ctx.fail(key, f"needs exactly one distribution of {', '.join(DISTRIBUTIONS)}, got {kinds or 'none'}")
+    kind = kinds[0]
+    value = entry[kind]
+    when = _parse_when(ctx, key, entry.get("when"), earlier)
+    if kind in ("choice", "grid"):
+        if not isinstance(value, list) or not value:
+            ctx.fail(f"{key}.{kind}", "must be a non-empty list of options")
+        if len({repr(v) for v in value}) != len(value):
+            ctx.fail(f"{key}.{kind}", f"lists an option twice: {value}")
+        return Param(name, kind, choices=tuple(value), when=when)
+    if not isinstance(value, list) or len(value) != 2:
+        ctx.fail(f"{key}.{kind}", f"must be [low, high], got {value!r}")
+    integer = kind == "int"
+    low = ctx.number(f"{key}.{kind}", value[0], integer=integer)
+    high = ctx.number(f"{key}.{kind}", value[1], integer=integer)
+    if kind == "loguniform" and low <= 0:
+        ctx.fail(f"{key}.{kind}", f"low must be > 0, got {low}")
+    if low >= high:
+        ctx.fail(f"{key}.{kind}", f"low must be < high, got [{low}, {high}]")
+    log = bool(entry.get("log", kind == "loguniform"))
+    if log and low <= 0:
+        ctx.fail(f"{key}.log", f"a log scale needs low > 0, got {low}")
+    step = entry.get("step")
+    if step is not None:
+        step = ctx.number(f"{key}.step", step, above=0)
+    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _parse_when(ctx: _Context, key: str, raw: Any, earlier: dict[str, Param]):
+    if raw is None:
+        return ()
+    raw = ctx.mapping(f"{key}.when", raw)
+    conditions = []
+    for parent, allowed in raw.items():
+        if parent not in earlier:
+            names = ", ".join(earlier) or "none"
+            ctx.fail(f"{key}.when.{parent}", f"names no earlier choice parameter (earlier: {names})")
+        if earlier[parent].kind not in ("choice", "grid"):
+            ctx.fail(f"{key}.when.{parent}", "conditions may only name choice or grid parameters")
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        bad = [a for a in allowed if a not in earlier[parent].choices]
+        if bad:
+            ctx.fail(f"{key}.when.{parent}", f"{bad} is not among its options {list(earlier[parent].choices)}")
+        conditions.append((parent, tuple(allowed)))
+    return tuple(conditions)
+
+
+def _parse_sampler(ctx: _Context, raw: Any, space: tuple[Param, ...]) -> SamplerSpec:
+    raw = ctx.mapping("sampler", raw)
+    ctx.reject_unknown("sampler", raw, {"name", "seed", "options"})
+    name = raw.get("name", "tpe")
+    if name not in SAMPLERS:
+        ctx.fail("sampler.name", f"must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    seed = raw.get("seed", 0)
+    if seed is not None:
+        seed = ctx.number("sampler.seed", seed, integer=True, minimum=0)
+    continuous = [p.name for p in space if p.kind in ("loguniform", "uniform", "int")]
+    if name == "grid" and continuous:
+        ctx.fail("sampler.name", f"grid needs only choice/grid parameters, but {continuous[0]} is continuous")
+    grids = [p.name for p in space if p.kind == "grid"]
+    if grids and name not in ("grid", "tpe", "random"):
+        ctx.fail(f"space.{grids[0]}.grid", f"a grid cannot be searched by the {name} sampler")
+    return SamplerSpec(name, seed, dict(ctx.mapping("sampler.options", raw.get("options", {}))))
+
+
+def _parse_scheduler(ctx: _Context, raw: Any) -> SchedulerSpec:
+    raw = ctx.mapping("scheduler", raw)
+    ctx.reject_unknown("scheduler", raw, {"name", "grace_period", "reduction_factor"})
+    name = raw.get("name", "asha")
+    if name not in SCHEDULERS:
+        ctx.fail("scheduler.name", f"must be one of {', '.join(SCHEDULERS)}, got {name!r}")
+    grace = ctx.number("scheduler.grace_period", raw.get("grace_period", 1), integer=True, minimum=1)
+    factor = ctx.number("scheduler.reduction_factor", raw.get("reduction_factor", 3), minimum=2)
+    return SchedulerSpec(name, grace, factor)
+
+
+def _parse_budget(ctx: _Context, raw: Any) -> BudgetSpec:
+    raw = ctx.mapping("budget", raw)
+    ctx.reject_unknown("budget", raw, {"num_samples", "max_concurrent", "time_budget_s"})
+    samples = ctx.number("budget.num_samples", raw.get("num_samples", 8), integer=True, minimum=1)
+    concurrent = ctx.number("budget.max_concurrent", raw.get("max_concurrent", 2), integer=True, minimum=1)
+    time_budget = raw.get("time_budget_s")
+    if time_budget is not None:
+        time_budget = ctx.number("budget.time_budget_s", time_budget, above=0)
+    return BudgetSpec(samples, concurrent, time_budget)
+
+
+def _parse_resources(ctx: _Context, raw: Any) -> ResourceSpec:
+    raw = ctx.mapping("resources", raw)
+    ctx.reject_unknown("resources", raw, {"cpu", "gpu"})
+    cpu = ctx.number("resources.cpu", raw.get("cpu", 1), minimum=0)
+    gpu = ctx.number("resources.gpu", raw.get("gpu", 0), minimum=0)
+    if gpu > 1 and int(gpu) != gpu:
+        ctx.fail("resources.gpu", f"a share above 1 GPU must be a whole number, got {gpu}")
+    return ResourceSpec(cpu, gpu)
+
+
+def _parse_points(ctx: _Context, raw: Any, space: tuple[Param, ...]) -> tuple[dict, ...]:
+    if not isinstance(raw, list):
+        ctx.fail("points_to_evaluate", "must be a list of {param: value} mappings")
+    names = {p.name for p in space}
+    for i, point in enumerate(raw):
+        point = ctx.mapping(f"points_to_evaluate[{i}]", point)
+        unknown = sorted(set(point) - names)
+        if unknown:
+            ctx.fail(f"points_to_evaluate[{i}].{unknown[0]}", "is not a searched parameter")
+    return tuple(dict(p) for p in raw)
+
+
+def _check_example_trial(ctx: _Context, spec: SearchSpec) -> None:
+    """Builds TrialConfigs from the fixed values and each option of each choice, so that a bad fixed
+    value or an unknown architecture name fails now, not in the first trial an hour from now."""
+    base = spec.base_config()
+    for param in spec.space:
+        if param.kind in ("choice", "grid"):
+            for option in param.choices:
+                _try_config(ctx, f"space.{param.name}", {**base, param.name: option})
+    _try_config(ctx, "fixed", base)
+
+
+def _try_config(ctx: _Context, key: str, values: dict) -> None:
+    try:
+        TrialConfig.from_dict(values)
+    except (ConfigError, ValueError) as err:
+        ctx.fail(key, str(err))

@@ -1,0 +1,34 @@
+"""Where a search's results live by default (the embedded mode) and how flags/env override it.
+
+Embedded default, all under the working directory: MLflow in ``mlflow.db`` (SQLite) with artifacts in
+``mlruns/``, Ray results and checkpoints in ``runs/``, the Optuna study and the MLflow run ids in
+``runs/<search>/tuner_state/``. Team mode overrides each with a flag or variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from tuner.driver import SearchPlaces
+from tuner.tracking import default_tracking_uri
+
+TRACKING_ENV = "TUNER_TRACKING_URI"
+STORAGE_ENV = "TUNER_STORAGE"
+
+
+def tracking_uri(flag: Optional[str]) -> str:
+    return flag or os.environ.get(TRACKING_ENV) or default_tracking_uri(Path.cwd())
+
+
+def search_places(search: str, *, tracking: Optional[str], storage: Optional[str]) -> SearchPlaces:
+    storage_path = storage or os.environ.get(STORAGE_ENV) or str(Path.cwd() / "runs")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+        state_dir = Path(storage_path) / search / "tuner_state"
+    else:  # remote storage: small driver state stays local to the driver's working directory
+        state_dir = Path.cwd() / ".tuner" / search
+    uri = tracking_uri(tracking)
+    artifact_root = Path.cwd() / "mlruns" if uri.startswith("sqlite:") else None
+    return SearchPlaces(storage_path, uri, artifact_root, state_dir)
