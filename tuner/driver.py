@@ -23,7 +23,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.errors import UserError
-from tuner.space import build_sampler, define_by_run, grid_points
+from tuner.space import build_sampler, define_by_run, grid_points, grid_size
 from tuner.spec import SearchSpec
 from tuner.tracking import MlflowTracking
 from trainables.trial import tune_trainable
@@ -81,10 +81,16 @@ def optuna_storage_url(spec: SearchSpec, places: SearchPlaces) -> str:
     return f"sqlite:///{(places.state_dir / 'optuna.db').resolve()}"
 
 
-def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str) -> TruthfulOptunaSearch:
-    points = list(spec.points_to_evaluate)
-    if spec.sampler.name == "grid":
-        points = points + grid_points(spec.space)
+def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str,
+                   warm_start: bool = True) -> TruthfulOptunaSearch:
+    """OptunaSearch on a persistent study (SQLite beside the results, or the spec's storage URL).
+
+    ``warm_start`` enqueues points_to_evaluate (and a conditional grid); an extension (--more) of
+    an existing study must not enqueue them twice.
+    """
+    points = list(spec.points_to_evaluate) if warm_start else []
+    if warm_start and spec.sampler.name == "grid" and any(p.when for p in spec.space):
+        points += grid_points(spec.space)
     places.state_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(optuna_storage_url(spec, places))
     return TruthfulOptunaSearch(
@@ -125,22 +131,34 @@ def start_ray(address: Optional[str]) -> None:
              configure_logging=False)
 
 
-def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking) -> tune.Tuner:
-    searcher = build_searcher(spec, places, study_name=spec.name)
-    trainable = tune.with_resources(tune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+def trial_dirname(trial) -> str:
+    # Ray's default folder name spells out every config value and truncates it; the id is enough.
+    return f"trial_{trial.trial_id}"
+
+
+def _trainable(spec: SearchSpec):
+    return tune.with_resources(tune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
+                *, experiment: Optional[tuple[str, str]] = None) -> tune.Tuner:
+    searcher = build_searcher(spec, places, study_name=spec.name, warm_start=experiment is None)
+    storage_path, name = experiment or (places.storage_path, spec.name)
     return tune.Tuner(
-        trainable,
+        _trainable(spec),
         param_space=spec.base_config(),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
             scheduler=build_scheduler(spec),
-            num_samples=spec.budget.num_samples,
+            # A grid search runs its grid exactly once, whatever budget.num_samples says.
+            num_samples=grid_size(spec.space) if spec.sampler.name == "grid" else spec.budget.num_samples,
             time_budget_s=spec.budget.time_budget_s,
             reuse_actors=False,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=places.storage_path,
+            name=name,
+            storage_path=storage_path,
             callbacks=[tracking],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2,  # the best by metric (for promote) and Ray keeps the latest (resume)
@@ -153,13 +171,54 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
     )
 
 
-def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
-               *, address: Optional[str] = None):
-    search_dir = places.search_dir(spec.name)
+def ensure_new_search(places: SearchPlaces, name: str) -> None:
+    search_dir = places.search_dir(name)
     if "://" not in search_dir and Path(search_dir).exists():
         raise UserError(
-            f"search {spec.name!r} already exists in {places.storage_path}; "
-            f"continue it with `tuner resume {spec.name}` or choose another --name"
+            f"search {name!r} already exists in {places.storage_path}; "
+            f"continue it with `tuner resume {name}` or choose another --name"
         )
+
+
+def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
+               *, address: Optional[str] = None, experiment: Optional[tuple[str, str]] = None):
+    """Runs a search to its end. ``experiment`` = (storage path, Ray experiment name) for a
+    ``--more`` extension, which is a new Ray experiment continuing the same Optuna study."""
     start_ray(address)
-    return build_tuner(spec, places, tracking).fit()
+    tuner = build_tuner(spec, places, tracking, experiment=experiment)
+    try:
+        return tuner.fit()
+    finally:
+        fail_orphaned_trials(spec, places)
+
+
+def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[str] = None):
+    """Continues a search whose driver died: unfinished trials resume from their checkpoints, the
+    searcher and the MLflow callback come back from the experiment state (same runs, same study)."""
+    path = places.search_dir(spec.name)
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"search {spec.name!r} has no restorable state in {places.storage_path}")
+    start_ray(address)
+    tuner = tune.Tuner.restore(
+        path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True,
+        param_space=spec.base_config(),
+    )
+    try:
+        return tuner.fit()
+    finally:
+        fail_orphaned_trials(spec, places)
+
+
+def fail_orphaned_trials(spec: SearchSpec, places: SearchPlaces) -> int:
+    """Optuna trials still RUNNING once the driver is done belong to no Ray trial any more (the
+    driver was killed between asking Optuna and saving its state): tell Optuna they FAILED, so
+    the study holds exactly the trials that ran."""
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=optuna_storage_url(spec, places))
+    except KeyError:
+        return 0
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for frozen in orphans:
+        optuna.trial.Trial(study, frozen._trial_id).set_user_attr("tuner_orphaned", True)
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from tuner.driver import SearchPlaces, run_search
+from tuner.driver import SearchPlaces, ensure_new_search, run_search
 from tuner.errors import UserError
 from tuner.spec import SearchSpec, load_spec
+from tuner.resume import save_definition
 from tuner.tracking import MlflowTracking
 from tuner.workspace import search_places
 
@@ -74,7 +75,8 @@ def make_tracking(spec: SearchSpec, places: SearchPlaces, spec_file: Optional[Pa
 def run_from_cli(args) -> int:
     from tuner.cli import parse_assignments
 
-    spec = load_spec(args.spec, overrides=parse_assignments(args.set))
+    overrides = parse_assignments(args.set)
+    spec = load_spec(args.spec, overrides=overrides)
     if args.name:
         spec = dataclasses.replace(spec, name=args.name)
     if args.num_samples is not None:
@@ -86,6 +88,9 @@ def run_from_cli(args) -> int:
             raise UserError(f"{spec.source}: {key}: data folder {path} does not exist "
                             "(for the sample: tuner data demo --out data/demo)")
     places = search_places(spec.name, tracking=args.tracking_uri, storage=args.storage)
+    ensure_new_search(places, spec.name)
+    save_definition(places, spec, spec_text=Path(args.spec).read_text(), start_dir=Path.cwd(),
+                    overrides=overrides, address=args.address)
     tracking = make_tracking(spec, places, Path(args.spec))
     results = run_search(spec, places, tracking, address=args.address)
     print_summary(spec, places, results)

@@ -77,7 +77,10 @@ def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, **options)
     if name == "grid":
-        # Optuna's GridSampler takes the full product; conditional grids are enqueued instead.
+        if any(p.when for p in spec.space):
+            # GridSampler needs every parameter in every trial; a conditional grid's points are
+            # enqueued by the driver instead (grid_points), in order, and sampled no further.
+            return optuna.samplers.RandomSampler(seed=seed)
         product = {p.name: list(p.choices) for p in spec.space}
         return optuna.samplers.GridSampler(product, seed=seed)
     raise ValueError(f"sampler {name!r} is not supported")

@@ -376,11 +376,13 @@ def _check_example_trial(ctx: _Context, spec: SearchSpec) -> None:
     """Builds TrialConfigs from the fixed values and each option of each choice, so that a bad fixed
     value or an unknown architecture name fails now, not in the first trial an hour from now."""
     base = spec.base_config()
+    _try_config(ctx, "fixed", base)
     for param in spec.space:
         if param.kind in ("choice", "grid"):
+            # A conditional option is tried where its condition holds (width with a resnet).
+            context = {parent: allowed[0] for parent, allowed in param.when}
             for option in param.choices:
-                _try_config(ctx, f"space.{param.name}", {**base, param.name: option})
-    _try_config(ctx, "fixed", base)
+                _try_config(ctx, f"space.{param.name}", {**base, **context, param.name: option})
 
 
 def _try_config(ctx: _Context, key: str, values: dict) -> None:

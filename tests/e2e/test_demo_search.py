@@ -120,3 +120,28 @@ def test_same_name_again_is_refused_and_loses_nothing(finished_search):
     assert proc.returncode == 2
     assert "already exists" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in (work / "runs" / "e2e").iterdir()) == before
+
+
+def test_optuna_study_holds_the_truth_about_every_trial(finished_search):
+    import optuna
+
+    work, _ = finished_search
+    study = optuna.load_study(study_name="e2e",
+                              storage=f"sqlite:///{work / 'runs' / 'e2e' / 'tuner_state' / 'optuna.db'}")
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    status = {r.data.tags["tuner.trial_id"]: r.data.tags["tuner.status"]
+              for r in client.search_runs([experiment.experiment_id])
+              if r.data.tags.get("tuner.kind") == "trial"}
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_ray_id) == set(status)
+    for trial_id, tag in status.items():
+        trial = by_ray_id[trial_id]
+        expected = {"early_stopped": optuna.trial.TrialState.PRUNED,
+                    "completed": optuna.trial.TrialState.COMPLETE,
+                    "converged": optuna.trial.TrialState.COMPLETE}[tag]
+        assert trial.state == expected, (trial_id, tag, trial.state)
+        # Pruned trials keep their intermediate values: TPE learns from what they did reach.
+        assert len(trial.intermediate_values) >= 1
+    assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == \
+        sum(tag == "early_stopped" for tag in status.values()) >= 1

@@ -1,0 +1,114 @@
+"""A search survives its driver: SIGKILL mid-search, `tuner resume` finishes it with exactly the
+requested trials and no duplicates; `--more` extends it on the same Optuna study; the study lives in
+PostgreSQL (team mode) and is read back with Optuna's own API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import skip_or_fail
+
+pytestmark = pytest.mark.slow
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"
+
+
+@pytest.fixture
+def postgres_db():
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(PG_DSN.format(db="postgres"), connect_timeout=3)
+    except Exception as err:  # no server on this machine
+        skip_or_fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({err})")
+    admin.autocommit = True
+    name = f"tuner_test_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield PG_DSN.format(db=name)
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+def cli(cwd: Path, *args: str, **kw):
+    return subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def child_runs(work: Path, name: str):
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    return [r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("tuner.kind") == "trial"]
+
+
+def test_sigkill_then_resume_then_more(tmp_path, demo_data, postgres_db):
+    spec = {
+        "name": "rs",
+        "data": {"train": str(demo_data / "train"), "val": str(demo_data / "val"), "image_size": 32},
+        "fixed": {"epochs": 3, "train_subset": 300, "width": 0.125, "batch_size": 64},
+        "space": {"lr": {"loguniform": [0.01, 0.2]}},
+        "scheduler": {"name": "fifo"},
+        "budget": {"num_samples": 4, "max_concurrent": 2},
+        "storage": postgres_db,
+    }
+    (tmp_path / "rs.yaml").write_text(yaml.safe_dump(spec))
+    driver = cli(tmp_path, "search", "rs.yaml")
+    deadline = time.time() + 240
+    # Kill the driver once a trial has reported an epoch but before the search is over.
+    while time.time() < deadline:
+        runs = child_runs(tmp_path, "rs")
+        if any("val_acc" in r.data.metrics for r in runs):
+            break
+        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert len(child_runs(tmp_path, "rs")) < 4 or any(
+        r.data.tags["tuner.status"] == "running" for r in child_runs(tmp_path, "rs"))
+
+    finish(cli(tmp_path, "resume", "rs"))
+    runs = child_runs(tmp_path, "rs")
+    assert len(runs) == 4, [r.info.run_name for r in runs]
+    assert len({r.data.tags["tuner.trial_id"] for r in runs}) == 4
+    assert all(r.data.tags["tuner.status"] == "completed" for r in runs)
+    for run in runs:  # every epoch logged, none twice beyond a re-run of the interrupted one
+        steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id, "val_acc")]
+        assert set(steps) == {1, 2, 3}
+
+    study = optuna.load_study(study_name="rs", storage=postgres_db)
+    real = [t for t in study.trials if not t.user_attrs.get("tuner_orphaned")]
+    assert len(real) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in real)
+    assert {t.user_attrs["ray_trial_id"] for t in real} == {r.data.tags["tuner.trial_id"] for r in runs}
+
+    finish(cli(tmp_path, "resume", "rs", "--more", "2"))
+    runs = child_runs(tmp_path, "rs")
+    assert len(runs) == 6
+    study = optuna.load_study(study_name="rs", storage=postgres_db)
+    real = [t for t in study.trials if not t.user_attrs.get("tuner_orphaned")]
+    assert len(real) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in real)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    gone = subprocess.run([sys.executable, "-m", "tuner.cli", "resume", "nope"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert gone.returncode == 2 and "no search named 'nope'" in gone.stderr
