@@ -23,6 +23,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.errors import UserError
+from tuner.redact import expand_env
 from tuner.space import build_sampler, define_by_run, grid_points, grid_size
 from tuner.spec import SearchSpec
 from tuner.tracking import MlflowTracking
@@ -77,7 +78,7 @@ class SearchPlaces:
 
 def optuna_storage_url(spec: SearchSpec, places: SearchPlaces) -> str:
     if spec.storage:
-        return spec.storage
+        return expand_env(spec.storage, what=f"{spec.source}: storage")
     return f"sqlite:///{(places.state_dir / 'optuna.db').resolve()}"
 
 

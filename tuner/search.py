@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from tuner.cluster import preflight_search
 from tuner.driver import SearchPlaces, ensure_new_search, run_search
 from tuner.errors import UserError
+from tuner.redact import redact
 from tuner.spec import SearchSpec, load_spec
 from tuner.resume import save_definition
 from tuner.tracking import MlflowTracking
@@ -89,6 +91,7 @@ def run_from_cli(args) -> int:
                             "(for the sample: tuner data demo --out data/demo)")
     places = search_places(spec.name, tracking=args.tracking_uri, storage=args.storage)
     ensure_new_search(places, spec.name)
+    preflight_search(spec, places, address=args.address)  # one clear line before any trial
     save_definition(places, spec, spec_text=Path(args.spec).read_text(), start_dir=Path.cwd(),
                     overrides=overrides, address=args.address)
     tracking = make_tracking(spec, places, Path(args.spec))
@@ -107,7 +110,7 @@ def print_summary(spec: SearchSpec, places: SearchPlaces, results) -> None:
         print(f"best {spec.metric}: {value:.4f} ({_describe(best.config, spec)})")
     except (RuntimeError, KeyError, ValueError):
         print("no trial reported a result")
-    print(f"leaderboard: tuner leaderboard {spec.name} --tracking-uri {places.tracking_uri}")
+    print(f"leaderboard: tuner leaderboard {spec.name} --tracking-uri {redact(places.tracking_uri)}")
 
 
 def _describe(config: dict, spec: SearchSpec) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from tuner.errors import UserError
+from tuner.redact import redact
 from trainables.config import ConfigError, TrialConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice", "grid")
@@ -166,7 +167,7 @@ def parse_spec(
         budget=_parse_budget(ctx, raw.get("budget", {})),
         resources=_parse_resources(ctx, raw.get("resources", {})),
         points_to_evaluate=_parse_points(ctx, raw.get("points_to_evaluate", []), space),
-        storage=_optional_str(ctx, "storage", raw.get("storage")),
+        storage=_storage_url(ctx, raw.get("storage")),
     )
     _check_example_trial(ctx, spec)
     return spec
@@ -210,6 +211,14 @@ class _Context:
 def _optional_str(ctx: _Context, key: str, value: Any) -> Optional[str]:
     if value is not None and not isinstance(value, str):
         ctx.fail(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _storage_url(ctx: _Context, value: Any) -> Optional[str]:
+    value = _optional_str(ctx, "storage", value)
+    if value is not None and redact(value) != value:
+        ctx.fail("storage", "holds a literal password; name a variable instead "
+                 "(postgresql://user:${PGPASS}@host/db) or use PGPASSWORD / ~/.pgpass")
     return value
 
 

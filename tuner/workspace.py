@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from tuner.driver import SearchPlaces
+from tuner.errors import UserError
+from tuner.redact import redact
 from tuner.tracking import default_tracking_uri
 
 TRACKING_ENV = "TUNER_TRACKING_URI"
@@ -19,7 +21,15 @@ STORAGE_ENV = "TUNER_STORAGE"
 
 
 def tracking_uri(flag: Optional[str]) -> str:
-    return flag or os.environ.get(TRACKING_ENV) or default_tracking_uri(Path.cwd())
+    """The tracking URI as given (``${VAR}`` references kept); refuses literal passwords, which would
+    end up in saved state and logs."""
+    uri = flag or os.environ.get(TRACKING_ENV) or default_tracking_uri(Path.cwd())
+    if redact(uri) != uri:
+        raise UserError(
+            f"tracking URI {redact(uri)} holds a literal credential; use MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference"
+        )
+    return uri
 
 
 def search_places(search: str, *, tracking: Optional[str], storage: Optional[str]) -> SearchPlaces:

@@ -101,13 +101,17 @@ def test_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):
 
 @pytest.mark.parametrize("problem, message", [
     ("missing", "data.train: data folder"),
-    ("empty_class", "class folder(s) b hold no image"),
+    ("empty_class", "train: class folder(s) b hold no image"),
 ])
 def test_cli_rejects_bad_data_folders(tmp_path, problem, message):
     raw = base(tmp_path)
     if problem == "missing":
         raw["data"]["train"] = str(tmp_path / "nope")
     else:
+        from PIL import Image
+
+        for split in ("train", "val"):
+            Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / split / "a" / "1.jpg")
         (tmp_path / "train" / "b").mkdir()
         raw["space"] = {"lr": {"loguniform": [0.01, 0.1]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
