@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: RNG states as plain tensors (1 held pickled numpy state)
 
 
 class CheckpointError(ValueError):
@@ -26,30 +26,34 @@ class CheckpointError(ValueError):
 
 
 def rng_state() -> dict[str, Any]:
-    state = {
+    """Every generator's state as tensors and plain numbers (no pickled objects)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, words, python_gauss = random.getstate()
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.frombuffer(pickle.dumps(np.random.get_state()), dtype=np.uint8).copy()),
-        "python": repr(random.getstate()),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "position": int(position), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "words": torch.tensor(words, dtype=torch.int64),
+                   "gauss": python_gauss},
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # not is_available(): a CPU trial must not create a CUDA context
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    # numpy's state round-trips through pickle bytes held in a uint8 tensor: weights_only-safe on
-    # load, and only our own bytes are unpickled (the file was already accepted as tensors-only).
-    np.random.set_state(pickle.loads(state["numpy"].numpy().tobytes()))
-    random.setstate(_literal_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _literal_tuple(text: str):
-    import ast
-
-    return ast.literal_eval(text)
+    numpy_state, python_state = state["numpy"], state["python"]
+    if isinstance(numpy_state, dict):  # format 1 kept pickled bytes here: those are never unpickled
+        np.random.set_state((
+            numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"], numpy_state["has_gauss"], numpy_state["gauss"],
+        ))
+    if isinstance(python_state, dict):
+        random.setstate((python_state["version"], tuple(python_state["words"].tolist()),
+                         python_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def save_checkpoint(directory: str | Path, **content: Any) -> Path:

@@ -2,12 +2,15 @@
 
 A config travels one way: CLI / YAML -> SearchSpec -> Optuna -> plain dict -> ``TrialConfig.from_dict``.
 The trial never reads the YAML or the command line itself, so everything it needs is a field here.
+Every rule lives in ``__post_init__``: a bad value fails when the config is built (on the driver,
+before any trial starts), with a message that names the key, the value and the rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -19,11 +22,12 @@ class ConfigError(ValueError):
 FINETUNE_MODES = ("full", "head")
 LR_SCALING_MODES = ("none", "linear")
 CACHE_MODES = ("auto", "off")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """All the settings of a single training run.
+    """All the settings of a single training run (README "Trial settings" lists them in a table).
 
     Names of registries (``arch``, ``optimizer``, ``schedule``, ``augmentation``) are checked against
     the registries themselves, so a typo lists the valid names instead of failing an hour later.
@@ -35,7 +39,7 @@ class TrialConfig:
     image_size: int = 32  # pixels, square; images under 64 px get the small-input stem
     train_subset: Optional[int] = None  # a fixed, seeded subset of N training images
     lr_scaling: str = "none"  # "linear": lr x subset/full, the journal's rule for subsets
-    mean: Optional[tuple[float, float, float]] = None  # None: weights' stats, else dataset stats.json
+    mean: Optional[tuple[float, float, float]] = None  # None: weights' stats, else the dataset's
     std: Optional[tuple[float, float, float]] = None
     cache: str = "auto"  # use a decoded-image cache beside the data when there is one
     num_workers: int = 0  # DataLoader worker processes; 0 loads in the trial's own process
@@ -44,8 +48,8 @@ class TrialConfig:
     arch: str = "resnet18"
     width: float = 1.0  # channel multiplier of every resnet stage (1.0 = torchvision's widths)
     growth_rate: Optional[int] = None  # densenets only; None keeps the architecture's default
-    pretrained: bool = False
-    weights_path: Optional[str] = None  # local state_dict for offline pretrained weights
+    pretrained: bool = False  # torchvision's ImageNet weights (downloaded once into TORCH_HOME)
+    weights_path: Optional[str] = None  # a local state_dict instead of the download (offline)
     finetune: str = "full"  # "head" trains only the classifier: the journal's weeks-long bug
 
     # --- optimisation ---
@@ -53,14 +57,14 @@ class TrialConfig:
     batch_size: int = 64
     lr: float = 0.1
     optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
     weight_decay: float = 5e-4
     schedule: str = "dev-decay"
     decay_factor: float = 0.5  # dev-decay: lr multiplier when val accuracy stops improving
     decay_patience: int = 1  # dev-decay: epochs without improvement before a decay
     min_lr: float = 1e-8  # dev-decay: the trial ends itself (converged) once lr falls below this
-    warmup_epochs: int = 0  # cosine schedule only
+    warmup_epochs: int = 0  # cosine only: epochs of linear warm-up before the cosine decay
 
     # --- augmentation ---
     augmentation: str = "light"
@@ -69,38 +73,54 @@ class TrialConfig:
     # --- run ---
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model (CUDA; slow to start, fast to run)
+    compile: bool = False  # torch.compile the model (CUDA only; slow to start, fast to run)
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and diagnostics
 
     def __post_init__(self) -> None:
+        self._check_types()
+        self._check_ranges()
+        self._check_registered_names()
+        self._check_combinations()
+
+    def _check_types(self) -> None:
+        """Coerces what YAML and Optuna hand over (``1e-3`` is a string in YAML 1.1, 64.0 an int)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(f.name, value, str(f.type))
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+
+    def _check_ranges(self) -> None:
         _require(self.image_size >= 8, "image_size", self.image_size, "must be >= 8 pixels")
         _require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        _require(
-            math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0"
-        )
-        _require(self.width > 0, "width", self.width, "must be > 0")
+        _require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0")
+        _require(math.isfinite(self.width) and self.width > 0, "width", self.width, "must be > 0")
         _require(self.momentum >= 0, "momentum", self.momentum, "must be >= 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(0 < self.decay_factor < 1, "decay_factor", self.decay_factor, "must be in (0, 1)")
         _require(self.decay_patience >= 0, "decay_patience", self.decay_patience, "must be >= 0")
         _require(self.min_lr >= 0, "min_lr", self.min_lr, "must be >= 0")
+        _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         _require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
-        _require(
-            self.train_subset is None or self.train_subset >= 1,
-            "train_subset", self.train_subset, "must be >= 1 (or null for all images)",
-        )
-        _require(
-            self.growth_rate is None or self.growth_rate >= 1,
-            "growth_rate", self.growth_rate, "must be >= 1",
-        )
+        _require(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        for key in ("train_subset", "growth_rate", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key, value, "must be >= 1 (or null)")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            _require(value is None or len(value) == 3, key, value, "must hold 3 numbers (R, G, B)")
+        _require(self.std is None or min(self.std) > 0, "std", self.std, "must be > 0 per channel")
+        _require((self.mean is None) == (self.std is None), "mean/std", (self.mean, self.std),
+                 "give both or neither")
+        _require(bool(DEVICE_PATTERN.match(self.device)), "device", self.device,
+                 "must be auto, cpu, cuda or cuda:N")
         _require_choice("finetune", self.finetune, FINETUNE_MODES)
         _require_choice("lr_scaling", self.lr_scaling, LR_SCALING_MODES)
         _require_choice("cache", self.cache, CACHE_MODES)
-        self._check_registered_names()
 
     def _check_registered_names(self) -> None:
-        # Imported here so that `config` stays importable without torch for the cheapest checks.
+        # Imported here: the registries import torch, and config.py is imported by the driver early.
         from trainables.models import MODELS
         from trainables.optim import OPTIMIZERS, SCHEDULES
         from trainables.transforms import AUGMENTATIONS
@@ -118,16 +138,31 @@ class TrialConfig:
         try:
             AUGMENTATIONS.get(self.augmentation).check_params(self.aug)
         except ValueError as err:
-            raise ConfigError(str(err)) from None
+            raise ConfigError(f"{err} (augmentation {self.augmentation})") from None
+
+    def _check_combinations(self) -> None:
+        from trainables.models import MODELS
+
         backbone = MODELS.get(self.arch)
         if self.width != 1.0 and not backbone.has_width:
             raise ConfigError(f"width: {self.arch} has no width multiplier (resnets do), got {self.width}")
         if self.growth_rate is not None and not backbone.has_growth_rate:
-            raise ConfigError(f"growth_rate: {self.arch} has no growth rate (densenets do)")
+            raise ConfigError(f"growth_rate: {self.arch} has no growth rate (densenets do), "
+                              f"got {self.growth_rate}")
+        if self.pretrained and (self.width != 1.0 or self.growth_rate is not None):
+            raise ConfigError(
+                f"pretrained: weights exist only for width 1.0 and the default growth rate, got "
+                f"width={self.width}, growth_rate={self.growth_rate}"
+            )
+        if self.weights_path is not None and not self.pretrained:
+            raise ConfigError(f"weights_path: needs pretrained: true, got {self.weights_path!r} "
+                              "with pretrained: false")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
         """Builds a config from a flat dict, rejecting keys this version does not know."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"trial settings must be a mapping, got {type(values).__name__}")
         values = fold_dotted_keys(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -135,13 +170,12 @@ class TrialConfig:
             raise ConfigError(
                 f"unknown trial setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(known))}"
             )
-        for key in ("mean", "std"):
-            if values.get(key) is not None:
-                values[key] = tuple(float(v) for v in values[key])
-        try:
-            return cls(**values)
-        except TypeError as err:  # a required field is missing
-            raise ConfigError(str(err)) from None
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                         and f.name not in values)
+        if missing:
+            raise ConfigError(f"missing trial setting(s) {', '.join(missing)} (the data folders)")
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON- and torch.load(weights_only)-safe dict that round-trips through from_dict."""
@@ -169,6 +203,43 @@ def fold_dotted_keys(values: dict[str, Any]) -> dict[str, Any]:
         else:
             folded[key] = value
     return folded
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Checks ``value`` against a field's annotation (a string under postponed annotations)."""
+    optional = annotation.startswith("Optional[")
+    kind = annotation[len("Optional["):-1] if optional else annotation
+    if value is None:
+        _require(optional, key, value, f"must be a {kind}, not null")
+        return None
+    if kind == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, value,
+                 "must be a number")
+        return float(value)
+    if kind == "int":
+        integral = isinstance(value, float) and value.is_integer()
+        _require((isinstance(value, int) and not isinstance(value, bool)) or integral, key, value,
+                 "must be a whole number")
+        return int(value)
+    if kind == "bool":
+        _require(isinstance(value, bool), key, value, "must be true or false")
+        return value
+    if kind == "str":
+        _require(isinstance(value, str), key, value, "must be a string")
+        return value
+    if kind == "dict":
+        _require(isinstance(value, dict), key, value, "must be a mapping")
+        return value
+    # tuple[float, float, float]: mean / std
+    _require(isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ), key, value, "must be a list of numbers")
+    return tuple(float(v) for v in value)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

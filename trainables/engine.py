@@ -2,7 +2,9 @@
 
 Losses are summed over samples and divided by the sample count at the end, so ``val_loss`` is the mean
 over the WHOLE validation set, not a mean of batch means (a short last batch would otherwise count as
-much as a full one).
+much as a full one). Running sums stay on the device: a ``.item()`` per step would make the CPU wait
+for the GPU at every batch. The one exception is the divergence check, which reads the PREVIOUS
+step's loss, so the GPU is always one step ahead when the CPU waits.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ class EvalStats:
     top5: float
     images: int
     skipped: int
+    seconds: float
     confusion: torch.Tensor  # [true, predicted] counts
     mistakes: list = field(default_factory=list)  # (dataset index, true, predicted), first N
 
@@ -58,11 +61,16 @@ def autocast_for(device: torch.device):
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device):
-    non_blocking = device.type == "cuda"
-    images = images.to(device, non_blocking=non_blocking)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=non_blocking)
+    if device.type != "cuda":
+        return images.to(device), labels.to(device)
+    # Pinned host memory + non_blocking: the copy overlaps the previous step's kernels.
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _check_finite(loss: Optional[torch.Tensor], step: int) -> None:
+    if loss is not None and not math.isfinite(loss.item()):
+        raise Diverged(f"training loss is {loss.item()} at step {step}")
 
 
 def train_one_epoch(
@@ -72,15 +80,23 @@ def train_one_epoch(
     device: torch.device,
     *,
     max_steps: Optional[int] = None,
-    progress=None,
+    frozen: Sequence[nn.Module] = (),
+    progress: Optional[Callable[[int], None]] = None,
 ) -> TrainStats:
-    """One pass over ``loader``; raises ``Diverged`` at the first non-finite loss."""
+    """One pass over ``loader`` (batches ``(images, labels, indices, skipped)``).
+
+    Raises ``Diverged`` at the first non-finite loss (checked one step late, see the module doc).
+    ``frozen`` modules stay in eval mode: a frozen backbone's BatchNorm statistics must not move.
+    """
     model.train()
+    for module in frozen:
+        module.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = skipped = 0
+    previous: Optional[torch.Tensor] = None
     start = time.perf_counter()
-    for step, (images, labels, bad) in enumerate(loader):
+    for step, (images, labels, _, bad) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
         skipped += bad
@@ -90,17 +106,17 @@ def train_one_epoch(
         with autocast_for(device):
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
-        if not torch.isfinite(loss):
-            raise Diverged(f"training loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _check_finite(previous, step - 1)
         optimizer.step()
-        # Accumulate on the device: a .item() per step would synchronise CUDA every batch.
-        loss_sum += loss.detach().double() * labels.numel()
-        correct += (logits.argmax(dim=1) == labels).sum()
+        previous = loss.detach()
+        loss_sum += previous.double() * labels.numel()
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
         seen += labels.numel()
         if progress is not None:
             progress(labels.numel())
+    _check_finite(previous, seen)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -119,16 +135,21 @@ def evaluate(
     num_classes: int,
     keep_mistakes: int = 0,
 ) -> EvalStats:
-    """Loss (mean over all samples), top-1, top-5 and the confusion matrix over ``loader``."""
+    """Loss (mean over all samples), top-1, top-5 and the confusion matrix over ``loader``.
+
+    ``mistakes`` holds the first ``keep_mistakes`` misclassified samples as (dataset index, true,
+    predicted); indices come from the batches, so skipped images do not shift them.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     seen = skipped = 0
     mistakes: list = []
     k = min(5, num_classes)
-    for images, labels, bad in loader:
+    start = time.perf_counter()
+    for images, labels, indices, bad in loader:
         skipped += bad
         if labels.numel() == 0:
             continue
@@ -140,13 +161,13 @@ def evaluate(
         predicted = logits.argmax(dim=1)
         top1 += (predicted == labels).sum()
         top5 += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
-        confusion += torch.bincount(
-            labels * num_classes + predicted, minlength=num_classes * num_classes
-        ).view(num_classes, num_classes)
+        # index_add_, not bincount: bincount sizes its output from the data, a GPU->CPU sync.
+        confusion.index_add_(0, labels * num_classes + predicted, torch.ones_like(labels))
         if len(mistakes) < keep_mistakes:
-            wrong = (predicted != labels).nonzero().flatten().tolist()
+            wrong = (predicted != labels).nonzero().flatten().cpu().tolist()
+            truth, guess = labels.cpu(), predicted.cpu()
             for i in wrong[: keep_mistakes - len(mistakes)]:
-                mistakes.append((seen + i, int(labels[i]), int(predicted[i])))
+                mistakes.append((int(indices[i]), int(truth[i]), int(guess[i])))
         seen += labels.numel()
     total = max(seen, 1)
     return EvalStats(
@@ -155,6 +176,7 @@ def evaluate(
         top5=top5.item() / total,
         images=seen,
         skipped=skipped,
-        confusion=confusion.cpu(),
+        seconds=time.perf_counter() - start,
+        confusion=confusion.view(num_classes, num_classes).cpu(),
         mistakes=mistakes,
     )

@@ -2,6 +2,8 @@
 
 Dev-decay (Wilson et al. 2017, the journal's schedule): ReduceLROnPlateau on validation ACCURACY
 (mode max), stepped once per epoch; the trial ends itself once the learning rate falls below min_lr.
+Cosine: per-epoch cosine decay to 0 after ``warmup_epochs`` of linear warm-up. ``momentum`` and
+``nesterov`` apply to sgd only (adam/adamw keep their default betas).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class EpochSchedule:
         self.on_metric = on_metric
 
     def step(self, val_acc: float) -> None:
+        """Once per epoch, after evaluation (dev-decay reads the epoch's validation accuracy)."""
         if self.on_metric:
             self.scheduler.step(val_acc)
         elif self.scheduler is not None:
@@ -80,7 +83,9 @@ class EpochSchedule:
 
 @SCHEDULES.register("dev-decay")
 def _dev_decay(optimizer, *, epochs, factor, patience, min_lr, warmup_epochs):
-    plateau = ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience)
+    # eps=0: torch ignores decays smaller than eps (1e-8 by default), which would park the rate just
+    # above the default min_lr of 1e-8 for ever and the trial would never end itself.
+    plateau = ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience, eps=0.0)
     return EpochSchedule(plateau, min_lr=min_lr, on_metric=True)
 
 

@@ -2,7 +2,11 @@
 
 The journal ablated augmentations by hand and wondered whether grayscale and centre crops hurt; here
 each preset is a registered name whose parameters (rotation degrees, minimum crop scale, jitter
-strength, grayscale probability, eval centre-crop fraction) are ordinary searchable keys under ``aug``.
+strength, grayscale probability, eval centre-crop fraction) are ordinary searchable keys under ``aug``
+(``aug.rotation: {choice: [0, 10, 20]}`` in a search space).
+
+All randomness comes from torch's global generator, which the data loader seeds per sample from
+(seed, epoch, index): an image's augmentation does not depend on workers or on resuming.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from torchvision.transforms import v2
 
 from trainables.registry import Registry
 
+EVAL_CROP = "eval_crop"  # every preset takes it: fraction of the resized side kept by the centre crop
+_UPPER_BOUNDS = {"grayscale": 1.0, "min_scale": 1.0, EVAL_CROP: 1.0, "pad_fraction": 0.5,
+                 "rotation": 180.0}
+
 
 @dataclass(frozen=True)
 class AugmentationPreset:
@@ -22,33 +30,40 @@ class AugmentationPreset:
     defaults: dict
 
     def check_params(self, params: dict) -> None:
-        unknown = sorted(set(params) - set(self.defaults) - {"eval_crop"})
+        valid = set(self.defaults) | {EVAL_CROP}
+        unknown = sorted(set(params) - valid)
         if unknown:
-            valid = ", ".join(sorted(set(self.defaults) | {"eval_crop"}))
-            raise ValueError(f"aug: unknown parameter(s) {', '.join(unknown)}; valid: {valid}")
+            raise ValueError(f"aug: unknown parameter(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(valid))}")
         for key, value in params.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"aug.{key}: must be a number >= 0, got {value!r}")
-        crop = params.get("eval_crop", 1.0)
-        if not 0 < crop <= 1:
-            raise ValueError(f"aug.eval_crop: must be in (0, 1], got {crop!r}")
-        scale = params.get("min_scale", 0.5)
-        if not 0 < scale <= 1:
-            raise ValueError(f"aug.min_scale: must be in (0, 1], got {scale!r}")
+            upper = _UPPER_BOUNDS.get(key)
+            if upper is not None and value > upper:
+                raise ValueError(f"aug.{key}: must be <= {upper:g}, got {value!r}")
+        for key in (EVAL_CROP, "min_scale"):
+            if key in params and params[key] <= 0:
+                raise ValueError(f"aug.{key}: must be in (0, 1], got {params[key]!r}")
 
 
 AUGMENTATIONS: Registry[AugmentationPreset] = Registry("augmentation preset")
 
 
+def _squash(side: int):
+    # The whole picture, aspect ratio ignored: nothing of a product photo is cut away, and it is the
+    # geometry of the decoded-image cache's default fit ("squash"), so cache and files agree.
+    return v2.Resize((side, side), antialias=True)
+
+
 def _none(image_size: int) -> list:
-    return [v2.Resize((image_size, image_size), antialias=True)]
+    return [_squash(image_size)]
 
 
 def _light(image_size: int, *, pad_fraction: float) -> list:
-    # Random crop after padding (the CIFAR recipe) + horizontal flip.
+    # The CIFAR recipe: random crop after reflect-padding by pad_fraction of the side, + h-flip.
     pad = int(round(image_size * pad_fraction))
     return [
-        v2.Resize((image_size, image_size), antialias=True),
+        _squash(image_size),
         v2.RandomCrop(image_size, padding=pad, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),
     ]
@@ -57,6 +72,8 @@ def _light(image_size: int, *, pad_fraction: float) -> list:
 def _journal(
     image_size: int, *, rotation: float, min_scale: float, jitter: float, grayscale: float
 ) -> list:
+    # The journal's recipe: flip, rotation (degrees), zoom (crop area >= min_scale of the image),
+    # colour jitter (brightness/contrast/saturation +- jitter) and grayscale with probability p.
     return [
         v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
@@ -80,19 +97,19 @@ def _finish(mean, std) -> list:
 
 
 def build_train_transform(preset: str, image_size: int, mean, std, params: dict | None = None):
-    """Train-time pipeline: PIL/uint8 tensor image -> normalised float tensor."""
+    """Train-time pipeline: PIL image -> normalised float tensor [3, image_size, image_size]."""
     entry = AUGMENTATIONS.get(preset)
-    chosen = {**entry.defaults, **{k: v for k, v in (params or {}).items() if k != "eval_crop"}}
+    chosen = {**entry.defaults, **{k: v for k, v in (params or {}).items() if k != EVAL_CROP}}
     return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen), *_finish(mean, std)])
 
 
 def build_eval_transform(image_size: int, mean, std, eval_crop: float = 1.0):
-    """Eval pipeline: resize so the centre crop of ``eval_crop`` of the side is ``image_size``."""
+    """Eval pipeline: squash to ``image_size / eval_crop`` square, keep the centre ``image_size``."""
     resize = max(image_size, int(round(image_size / eval_crop)))
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize((resize, resize), antialias=True),
+            _squash(resize),
             v2.CenterCrop(image_size),
             *_finish(mean, std),
         ]

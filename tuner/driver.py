@@ -56,6 +56,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         state, value = optuna_outcome(result, error=error, metric=self.metric)
+        reached = (result or {}).get(self.metric)
+        if state == optuna.trial.TrialState.PRUNED and reached is not None:
+            # Ray hands the result on which the scheduler stops a trial to on_trial_complete only,
+            # never to on_trial_result: record it, so the pruned trial keeps the value it reached.
+            self._ot_trials[trial_id].report(float(reached), int(result.get("training_iteration", 0)))
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         except Exception as err:  # an already-finished trial after a restore, say

@@ -1,7 +1,10 @@
 """``tuner train CONFIG``: one trial without Ray, with progress bars, to debug a configuration.
 
 CONFIG is a flat YAML of TrialConfig keys, or a search spec (its data and fixed values are used, and
-each searched parameter takes its first option or the middle of its range, on a log scale if log).
+each searched parameter takes its first option or the middle of its range, on a log scale if log;
+a conditional parameter only when its condition holds). ``--set key=value`` overrides any of them.
+The run writes ``OUT/checkpoint/`` (checkpoint.pt + artifacts/), ``OUT/metrics.jsonl`` (one line per
+epoch) and ``OUT/config.json``; ``--resume`` continues from ``OUT/checkpoint``.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ def config_from_file(path: Path, overrides: dict) -> TrialConfig:
         raise UserError(f"{path.name}: malformed YAML: {str(err).splitlines()[0]}") from None
     if isinstance(raw, dict) and "space" in raw and set(raw) <= TOP_KEYS:
         spec = load_spec(path)  # overrides may name searched keys too
-        values = {**spec.base_config()}
-        for param in spec.space:
-            values[param.name] = representative_value(param)
-        values.update(overrides)
+        values = {**spec.base_config(), **overrides}
+        for param in spec.space:  # in order: a `when` only names earlier parameters
+            active = all(values.get(name) in allowed for name, allowed in param.when)
+            if param.name not in overrides and active:
+                values[param.name] = representative_value(param)
         return TrialConfig.from_dict(values)
     if not isinstance(raw, dict):
         raise UserError(f"{path.name}: must hold a mapping of trial settings")
@@ -60,18 +64,43 @@ def train_from_cli(args) -> int:
     config = config_from_file(Path(args.config), parse_assignments(args.set))
     out = Path(args.out)
     checkpoint_dir = out / "checkpoint"
-    resume: Optional[Path] = checkpoint_dir if args.resume and (checkpoint_dir / CHECKPOINT_FILE).is_file() else None
-    if args.resume and resume is None:
+    has_checkpoint = (checkpoint_dir / CHECKPOINT_FILE).is_file()
+    if args.resume and not has_checkpoint:
         raise UserError(f"--resume: no checkpoint in {checkpoint_dir}")
+    if has_checkpoint and not args.resume:
+        raise UserError(f"--out {out}: holds a checkpoint already; add --resume to continue it, "
+                        "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    history = out / "metrics.jsonl"
 
     def report(metrics: dict, directory: Optional[Path]) -> None:
-        if directory is not None:
-            shutil.copytree(directory, checkpoint_dir, dirs_exist_ok=True)
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
-        print(json.dumps(shown))
+        if directory is not None:  # replace, not merge: no stale figures from an earlier epoch
+            partial = out / "checkpoint.part"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(directory, partial)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            partial.rename(checkpoint_dir)
+        with open(history, "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        print(describe_epoch(metrics), flush=True)
 
-    outcome = run_trial(config, report=report, resume_from=resume, progress=True)
-    print(f"trial {outcome.status} after {outcome.epochs_done} epoch(s); checkpoint in {checkpoint_dir}")
+    outcome = run_trial(config, report=report, resume_from=checkpoint_dir if args.resume else None,
+                        progress=True)
+    tags = "".join(f"; {k}={v}" for k, v in outcome.tags.items())
+    print(f"trial {outcome.status} after {outcome.epochs_done} epoch(s){tags}; checkpoint and "
+          f"artifacts in {checkpoint_dir}, metrics in {history}")
     return 0
+
+
+def describe_epoch(metrics: dict) -> str:
+    """One line per epoch: ``epoch 2: train_loss 1.9 … [running]``."""
+    shown = []
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "images_per_s",
+                "skipped_images"):
+        value = metrics.get(key)
+        if isinstance(value, float):
+            shown.append(f"{key} {value:.4g}")
+        elif value is not None:
+            shown.append(f"{key} {value}")
+    return f"epoch {metrics.get('epoch')}: {' '.join(shown)} [{metrics.get('status')}]"

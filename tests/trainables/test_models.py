@@ -1,0 +1,124 @@
+"""Backbone registry: every entry trains a step; width, growth rate, pretrained files, head-only."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.models import (MODELS, PretrainedWeightsUnavailable, build_model, freeze_all_but_head,
+                               frozen_modules)
+from trainables.optim import build_optimizer
+
+SMALL = {"width": 0.125}  # resnets: 8..64 channels per stage
+THIN = {"growth_rate": 4}  # densenets: 4 new channels per layer
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_every_backbone_runs_a_forward_pass_and_an_optimizer_step(arch):
+    torch.manual_seed(0)
+    size = SMALL if MODELS.get(arch).has_width else THIN
+    model = build_model(arch, num_classes=7, image_size=32, **size)
+    optimizer = build_optimizer(model.parameters(), name="sgd", lr=0.1, momentum=0.9)
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 6])
+    logits = model(images)
+    assert logits.shape == (2, 7)
+    before = [p.detach().clone() for p in model.parameters()]
+    F.cross_entropy(logits, labels).backward()
+    optimizer.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+    assert all(changed), f"{arch}: {changed.count(False)} parameter tensors did not move"
+
+
+def test_unknown_architecture_lists_the_valid_ones():
+    with pytest.raises(Exception, match="unknown architecture 'resnet19'; valid: densenet121.*wide_resnet50_2"):
+        build_model("resnet19", num_classes=2, image_size=32)
+
+
+def test_width_scales_every_resnet_stage():
+    model = build_model("resnet50", num_classes=3, image_size=224, width=0.25)
+    assert model.conv1.out_channels == 16
+    assert [layer[0].conv1.out_channels for layer in (model.layer1, model.layer2, model.layer3, model.layer4)] == [16, 32, 64, 128]
+    assert model.fc.in_features == 128 * 4  # bottleneck expansion
+    wide = build_model("wide_resnet50_2", num_classes=3, image_size=224, width=0.25)
+    assert wide.layer1[0].conv2.out_channels == 32  # the wide bottleneck's inner width, doubled
+
+
+def test_growth_rate_and_small_input_stem():
+    dense = build_model("densenet121", num_classes=3, image_size=32, growth_rate=12)
+    assert dense.features.denseblock1.denselayer1.conv2.out_channels == 12
+    assert dense.features.conv0.stride == (1, 1) and isinstance(dense.features.pool0, nn.Identity)
+    big = build_model("resnet18", num_classes=3, image_size=224, width=0.125)
+    small = build_model("resnet18", num_classes=3, image_size=32, width=0.125)
+    assert big.conv1.kernel_size == (7, 7) and isinstance(big.maxpool, nn.MaxPool2d)
+    assert small.conv1.kernel_size == (3, 3) and isinstance(small.maxpool, nn.Identity)
+
+
+def test_weights_path_fills_the_backbone_and_keeps_a_fresh_head(tmp_path):
+    torch.manual_seed(1)
+    source = build_model("resnet18", num_classes=1000, image_size=224)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = build_model("resnet18", num_classes=5, image_size=224, pretrained=True,
+                        weights_path=str(tmp_path / "resnet18.pth"))
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert torch.equal(model.bn1.running_var, source.bn1.running_var)
+    assert model.fc.out_features == 5
+
+
+def test_weights_path_accepts_torchvisions_old_densenet_key_names(tmp_path):
+    torch.manual_seed(2)
+    source = build_model("densenet121", num_classes=1000, image_size=224)
+    # torchvision's published densenet files spell 'norm1' as 'norm.1' (module names of old).
+    old = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v
+           for k, v in source.state_dict().items()}
+    torch.save(old, tmp_path / "densenet121.pth")
+    model = build_model("densenet121", num_classes=4, image_size=224, pretrained=True,
+                        weights_path=str(tmp_path / "densenet121.pth"))
+    layer, original = model.features.denseblock3.denselayer5, source.features.denseblock3.denselayer5
+    assert torch.equal(layer.norm1.weight, original.norm1.weight)
+    assert torch.equal(layer.conv2.weight, original.conv2.weight)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(PretrainedWeightsUnavailable, match="weights_path: no such file"):
+        build_model("resnet18", num_classes=2, image_size=224, pretrained=True,
+                    weights_path=str(tmp_path / "nope.pth"))
+
+
+def test_offline_pretrained_download_is_a_clear_error(tmp_path, monkeypatch):
+    # An empty TORCH_HOME and a URL on a closed loopback port: the download fails at once, offline.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    weights = MODELS.get("resnet18").weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:{port}/resnet18-f37072fd.pth")
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        build_model("resnet18", num_classes=2, image_size=224, pretrained=True)
+    message = str(info.value)
+    assert "pretrained: cannot download the resnet18 weights" in message
+    assert str(tmp_path / "torch-home") in message and "weights_path" in message
+
+
+@pytest.mark.parametrize("arch, size", [("resnet18", SMALL), ("densenet121", THIN)])
+def test_head_only_freezes_exactly_the_backbone(arch, size):
+    torch.manual_seed(3)
+    model = build_model(arch, num_classes=4, image_size=32, **size)
+    head = freeze_all_but_head(model, arch)
+    head_ids = {id(p) for p in head}
+    assert head_ids == {id(p) for p in getattr(model, "fc" if arch.startswith("res") else "classifier").parameters()}
+    assert all(p.requires_grad == (id(p) in head_ids) for p in model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(head, name="sgd", lr=0.5, momentum=0.9)
+    model.train()
+    for module in frozen_modules(model, arch):
+        module.eval()
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+    optimizer.step()
+    after = model.state_dict()
+    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    prefix = "fc." if arch.startswith("res") else "classifier."
+    assert moved == [f"{prefix}bias", f"{prefix}weight"]  # BatchNorm statistics included

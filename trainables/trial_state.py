@@ -1,0 +1,220 @@
+"""TrialState: the model, data, optimizer and schedule of one trial, built from a TrialConfig.
+
+Speed on CUDA: cudnn.benchmark, channels_last weights and inputs, bf16 autocast (in the engine),
+pinned host memory with non_blocking copies, persistent loader workers and, with ``compile: true``,
+torch.compile. On CPU none of these apply and ``compile`` is ignored with a warning (inductor needs a
+C++ toolchain there and rarely pays off for a trial).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from trainables.checkpoint import CheckpointError, restore_rng_state, rng_state
+from trainables.config import ConfigError, TrialConfig
+from trainables.data import (RobustImageFolder, Splits, build_splits, estimate_channel_stats,
+                             make_loader)
+from trainables.engine import TrainStats, train_one_epoch
+from trainables.models import (build_model, default_weights_normalisation, freeze_all_but_head,
+                               frozen_modules)
+from trainables.optim import build_optimizer, build_schedule
+from trainables.transforms import EVAL_CROP, build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "stats.json"  # channel mean/std written by `tuner data stats` beside train/ and val/
+EVAL_BATCH = 256  # validation batch size floor (no gradients: larger batches are cheap)
+HEAD_ONLY_TAG = {"tuner.finetune": "head-only"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} asked for, but this machine has no usable CUDA GPU")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def resolve_normalisation(config: TrialConfig) -> dict:
+    """Mean/std: explicit config, else the pretrained weights', else the dataset's own statistics.
+
+    The dataset's come from ``stats.json`` beside the train folder when there is one, else from a
+    seeded sample of training images (and a hint to run ``tuner data stats``).
+    """
+    if config.mean is not None and config.std is not None:
+        return {"mean": list(config.mean), "std": list(config.std), "source": "config"}
+    if config.pretrained:
+        weights = default_weights_normalisation(config.arch)
+        if weights is not None:
+            return {"mean": weights[0], "std": weights[1], "source": "weights"}
+    stats_path = Path(config.train_dir).parent / STATS_FILE
+    if stats_path.is_file():
+        try:
+            stats = json.loads(stats_path.read_text())
+            return {"mean": list(stats["mean"]), "std": list(stats["std"]), "source": str(stats_path)}
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("%s unreadable (%s): estimating mean/std from images", stats_path, err)
+    log.warning("no %s beside %s: estimating mean/std from a sample of its images "
+                "(`tuner data stats` computes them once, from all)", STATS_FILE, config.train_dir)
+    paths = RobustImageFolder(config.train_dir).paths
+    mean, std = estimate_channel_stats(paths, image_size=config.image_size, seed=config.seed)
+    return {"mean": mean, "std": std, "source": "sample"}
+
+
+class TrialState:
+    """Everything a trial holds between epochs; loaders are built once (workers persist)."""
+
+    def __init__(self, config: TrialConfig, *, normalisation: Optional[dict] = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)  # model initialisation
+        self.splits = self._build_splits(normalisation)
+        self.class_names = [c for c, _ in sorted(self.splits.class_to_idx.items(), key=lambda kv: kv[1])]
+        self.num_classes = len(self.class_names)
+        self.model = build_model(
+            config.arch, num_classes=self.num_classes, image_size=config.image_size,
+            width=config.width, growth_rate=config.growth_rate, pretrained=config.pretrained,
+            weights_path=config.weights_path,
+        ).to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.tags: dict = {}
+        self.frozen: list[torch.nn.Module] = []
+        trained = self._select_trained_parameters()
+        self.lr = self._effective_lr()
+        self.optimizer = build_optimizer(
+            trained, name=config.optimizer, lr=self.lr, momentum=config.momentum,
+            nesterov=config.nesterov, weight_decay=config.weight_decay,
+        )
+        self.schedule = build_schedule(
+            self.optimizer, name=config.schedule, epochs=config.epochs, factor=config.decay_factor,
+            patience=config.decay_patience, min_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
+        )
+        self.forward = self._maybe_compile()
+        self.train_loader, self.val_loader = self._build_loaders()
+
+    def _build_splits(self, normalisation: Optional[dict]) -> Splits:
+        config = self.config
+        # A resumed trial keeps the statistics it started with, whatever changed on disk since.
+        self.normalisation = normalisation or resolve_normalisation(config)
+        mean, std = self.normalisation["mean"], self.normalisation["std"]
+        return build_splits(
+            config.train_dir, config.val_dir,
+            train_transform=build_train_transform(
+                config.augmentation, config.image_size, mean, std, config.aug),
+            eval_transform=build_eval_transform(
+                config.image_size, mean, std, float(config.aug.get(EVAL_CROP, 1.0))),
+            subset=config.train_subset, seed=config.seed,
+            cache_size=config.image_size if config.cache == "auto" else None,
+        )
+
+    def _select_trained_parameters(self) -> list[torch.nn.Parameter]:
+        if self.config.finetune == "full":
+            return list(self.model.parameters())
+        head = freeze_all_but_head(self.model, self.config.arch)
+        self.frozen = frozen_modules(self.model, self.config.arch)
+        self.tags = dict(HEAD_ONLY_TAG)
+        total = sum(p.numel() for p in self.model.parameters())
+        log.warning(
+            "finetune=head: ONLY THE CLASSIFIER HEAD IS TRAINED (%d of %d parameters); the backbone "
+            "and its BatchNorm statistics stay frozen%s. Use finetune=full unless this is what you want.",
+            sum(p.numel() for p in head), total,
+            "" if self.config.pretrained else ", and they are RANDOM (pretrained: false)",
+        )
+        return head
+
+    def _effective_lr(self) -> float:
+        config = self.config
+        if config.lr_scaling == "linear" and config.train_subset:
+            # The journal's rule: a subset of N images takes lr x N / full.
+            return config.lr * config.train_subset / self.splits.full_train_size
+        return config.lr
+
+    def _maybe_compile(self):
+        if not self.config.compile:
+            return self.model
+        if self.device.type != "cuda":
+            log.warning("compile: true is ignored on %s (torch.compile is used on CUDA only)",
+                        self.device)
+            return self.model
+        return torch.compile(self.model)
+
+    def _build_loaders(self):
+        config, pin = self.config, self.device.type == "cuda"
+        limit = None if config.max_steps_per_epoch is None else config.max_steps_per_epoch * config.batch_size
+        train = make_loader(self.splits.train, batch_size=config.batch_size, shuffle=True,
+                            num_workers=config.num_workers, seed=config.seed, pin_memory=pin, limit=limit)
+        val = make_loader(self.splits.val, batch_size=max(config.batch_size, EVAL_BATCH), shuffle=False,
+                          num_workers=config.num_workers, seed=config.seed, pin_memory=pin)
+        return train, val
+
+    def current_lr(self) -> float:
+        return self.schedule.current_lr(self.optimizer)
+
+    def train_epoch(self, epoch: int, *, progress: bool = False) -> TrainStats:
+        self.train_loader.sampler.set_epoch(epoch)
+        with _EpochBar(progress, epoch, self.config.epochs, len(self.train_loader.sampler)) as bar:
+            return train_one_epoch(self.forward, self.train_loader, self.optimizer, self.device,
+                                   frozen=self.frozen, progress=bar)
+
+    def checkpoint_content(self, epoch: int, history: list[dict]) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": epoch,
+            "rng": rng_state(),
+            "history": history,
+            "config": self.config.to_dict(),
+            "class_to_idx": self.splits.class_to_idx,
+            "normalisation": self.normalisation,
+        }
+
+    def restore(self, content: dict, *, source) -> tuple[int, list[dict]]:
+        if content.get("class_to_idx") != self.splits.class_to_idx:
+            raise CheckpointError(f"{source}: its classes differ from those of {self.config.train_dir}")
+        try:
+            self.model.load_state_dict(content["model"])
+            self.optimizer.load_state_dict(content["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            saved = content.get("config", {})
+            differing = sorted(k for k in ("arch", "width", "growth_rate", "finetune", "optimizer")
+                               if saved.get(k) != getattr(self.config, k))
+            raise CheckpointError(
+                f"{source}: does not fit this trial's model/optimizer (differing settings: "
+                f"{', '.join(differing) or 'none'}; {str(err).splitlines()[0]})"
+            ) from None
+        self.schedule.load_state_dict(content["schedule"])
+        restore_rng_state(content["rng"])
+        return int(content["epoch"]), list(content["history"])
+
+
+class _EpochBar:
+    """A tqdm bar over the epoch's training images (``tuner train``); a no-op when disabled."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total: int) -> None:
+        self.enabled, self.bar = enabled, None
+        self.desc, self.total = f"epoch {epoch}/{epochs}", total
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm  # only `tuner train` shows bars; trials under Ray stay quiet
+
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="img", leave=True, dynamic_ncols=True)
+        return self.bar.update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
