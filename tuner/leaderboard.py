@@ -1,6 +1,8 @@
 """``tuner leaderboard NAME``: the ranked trials of a search, read back from MLflow.
 
-MLflow is the single source of truth: what the table shows is exactly what the UI shows.
+MLflow is the single source of truth: what the table shows is exactly what the UI shows. Trials are
+ranked by ``best_<metric>`` (the best epoch so far, as logged by the tracking callback); the key
+params are the ones the search sampled (the parent run's ``space.*`` params).
 """
 
 from __future__ import annotations
@@ -8,15 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Iterator, Optional
 
 from mlflow.tracking import MlflowClient
 
 from tuner.errors import UserError
-from tuner.tracking import KIND_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG
+from tuner.tracking_tags import KIND_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG
 
-KEY_PARAMS = ("arch", "width", "lr", "batch_size", "optimizer", "augmentation")
+FALLBACK_PARAMS = ("arch", "width", "lr", "batch_size", "optimizer", "augmentation")
+FORMATS = ("table", "csv", "json")
+PAGE = 1000  # runs per search_runs request
 
 
 @dataclass
@@ -28,7 +34,7 @@ class Entry:
     status: str
     best: Optional[float]  # best value of the search metric over the trial's epochs
     val_acc: Optional[float]  # last epoch's
-    val_loss: Optional[float]
+    val_loss: Optional[float]  # last epoch's
     epochs: int
     params: dict
 
@@ -39,40 +45,97 @@ class Board:
     experiment_id: str
     metric: str
     mode: str
+    param_names: list[str]
     entries: list[Entry]
 
 
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client for reading; a missing SQLite file is an error here (MLflow would create it).
+    ``${VAR}`` references in the URI are filled in from the environment."""
+    from tuner.redact import expand_env
+
+    tracking_uri = expand_env(tracking_uri, what="tracking URI")
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise UserError(f"no MLflow store at {path} (run `tuner search` in this folder first, "
+                            "or pass --tracking-uri)")
+    if tracking_uri.startswith(("http://", "https://")):
+        from tuner.tracking_buffer import fail_fast_http
+
+        fail_fast_http(retries=1, timeout_s=30)
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def tracking_errors(tracking_uri: str) -> Iterator[None]:
+    """MLflow failures (server down, refused value) as one-line UserErrors."""
+    from mlflow.exceptions import MlflowException
+
+    from tuner.tracking_buffer import is_transient, short_error
+
+    from tuner.redact import redact
+
+    try:
+        yield
+    except MlflowException as err:
+        where, why = redact(tracking_uri), redact(short_error(err))
+        if is_transient(err):
+            raise UserError(f"tracking store {where} is unreachable: {why}") from None
+        raise UserError(f"tracking store {where}: {why}") from None
+
+
 def find_search(client: MlflowClient, name: str):
-    """(experiment, parent run) of a search; a clear error when there is none."""
+    """(experiment, parent run) of a search (its latest parent run); a clear error when none."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise UserError(f"no search named {name!r} in the tracking store")
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        from tuner.redact import redact
+
+        raise UserError(f"no search named {name!r} in the tracking store {redact(client.tracking_uri)}")
     parents = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'", max_results=1
+        [experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not parents:
         raise UserError(f"experiment {name!r} holds no tuner search run")
     return experiment, parents[0]
 
 
+def searched_params(parent) -> list[str]:
+    names = sorted(k[len("space."):] for k in parent.data.params if k.startswith("space."))
+    return names or list(FALLBACK_PARAMS)
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{KIND_TAG}` = 'trial'",
+            max_results=PAGE, page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def load_board(client: MlflowClient, name: str, *, top: Optional[int] = None) -> Board:
-    experiment, parent = find_search(client, name)
+    if top is not None and top < 1:
+        raise UserError(f"--top: must be >= 1, got {top}")
+    with tracking_errors(client.tracking_uri):
+        experiment, parent = find_search(client, name)
+        runs = trial_runs(client, experiment.experiment_id, parent.info.run_id)
     metric = parent.data.params.get("metric", "val_acc")
     mode = parent.data.params.get("mode", "max")
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'trial' and tags.`{SEARCH_TAG}` = '{name}'",
-        max_results=5000,
-    )
-    key = f"best_{metric}"
+    key, names = f"best_{metric}", searched_params(parent)
 
-    def score(run) -> float:
+    def order(run) -> tuple:
         value = run.data.metrics.get(key)
         if value is None:
-            return float("inf")  # never reported: last
-        return -value if mode == "max" else value
+            return (1, 0.0, run.info.start_time)  # never reported: last
+        return (0, -value if mode == "max" else value, run.info.start_time)
 
-    runs = sorted(runs, key=lambda r: (score(r), r.info.start_time))
     entries = [
         Entry(
             rank=i + 1,
@@ -84,41 +147,46 @@ def load_board(client: MlflowClient, name: str, *, top: Optional[int] = None) ->
             val_acc=run.data.metrics.get("val_acc"),
             val_loss=run.data.metrics.get("val_loss"),
             epochs=int(run.data.metrics.get("epoch", 0)),
-            params={k: _short(run.data.params[k]) for k in KEY_PARAMS if k in run.data.params},
+            params={k: _short(run.data.params[k]) for k in names if k in run.data.params},
         )
-        for i, run in enumerate(runs)
+        for i, run in enumerate(sorted(runs, key=order))
     ]
-    return Board(name, experiment.experiment_id, metric, mode, entries[:top] if top else entries)
+    return Board(name, experiment.experiment_id, metric, mode, names, entries[:top] if top else entries)
 
 
 def render(board: Board, fmt: str = "table") -> str:
     if fmt == "json":
-        return json.dumps([asdict(e) for e in board.entries], indent=1)
+        return json.dumps([asdict(e) for e in board.entries], indent=1) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["rank", "trial", "status", f"best_{board.metric}", "val_acc", "val_loss",
-                         "epochs", *KEY_PARAMS, "run_id"])
+                         "epochs", *board.param_names, "run_id", "run_name"])
         for e in board.entries:
-            writer.writerow([e.rank, e.trial, e.status, e.best, e.val_acc, e.val_loss, e.epochs,
-                             *(e.params.get(k, "") for k in KEY_PARAMS), e.run_id])
+            writer.writerow([e.rank, e.trial, e.status, _csv(e.best), _csv(e.val_acc), _csv(e.val_loss),
+                             e.epochs, *(e.params.get(k, "") for k in board.param_names), e.run_id, e.name])
         return buffer.getvalue()
-    return _rich_table(board)
+    if fmt == "table":
+        return _rich_table(board)
+    raise UserError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def _rich_table(board: Board) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"search {board.search}: best {board.metric} ({board.mode})")
-    for column in ("#", "trial", "status", f"best {board.metric}", "val_loss", "epochs", *KEY_PARAMS):
-        table.add_column(column, justify="right" if column in ("#", "epochs") else "left")
+    table = Table(title=f"search {board.search}: ranked by best {board.metric} ({board.mode})")
+    numeric = {"#", "epochs", f"best {board.metric}", "last val_acc", "last val_loss"}
+    columns = ("#", "trial", "status", f"best {board.metric}", "last val_acc", "last val_loss", "epochs",
+               *board.param_names)
+    for column in columns:
+        table.add_column(column, justify="right" if column in numeric else "left")
     for e in board.entries:
-        table.add_row(
-            str(e.rank), e.trial, e.status, _fmt(e.best), _fmt(e.val_loss), str(e.epochs),
-            *(e.params.get(k, "") for k in KEY_PARAMS),
-        )
-    console = Console(width=160, record=True, file=io.StringIO())
+        table.add_row(str(e.rank), e.trial, e.status, _fmt(e.best), _fmt(e.val_acc), _fmt(e.val_loss),
+                      str(e.epochs), *(e.params.get(k, "") for k in board.param_names))
+    if not board.entries:
+        table.caption = "no trial has started yet"
+    console = Console(width=180, record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
 
@@ -134,3 +202,7 @@ def _short(text: str) -> str:
 
 def _fmt(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _csv(value: Optional[float]) -> str:
+    return "" if value is None else repr(value)

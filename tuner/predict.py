@@ -1,7 +1,10 @@
 """``tuner predict``: a promoted model (or checkpoint) -> a Kaggle submission CSV ``id,predicted``.
 
-Ids come from the file names (``123.jpg`` -> 123). Unreadable files are skipped, counted and named;
-the CSV is written to a temporary name and renamed, so a failed run never leaves half a submission.
+Ids come from the file names (``123.jpg`` -> 123); rows follow numeric id order. ``predicted`` is the
+class name the training folders used (for the competition: its label id). Test-time augmentation
+averages the softmax over views (``flips``: + mirror; ``crops``: + mirror + four shifted crops).
+A file that is not a readable image is skipped, counted and named by id; the CSV is written to a
+temporary name and renamed, so a failed run never leaves half a submission.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,23 +34,29 @@ TTA_MODES = ("none", "flips", "crops")
 class PredictionReport:
     written: int
     out: Path
-    skipped: list[str] = field(default_factory=list)  # ids of unreadable images
+    skipped: list[str] = field(default_factory=list)  # ids of files that are no readable image
 
 
 def resolve_checkpoint(model_uri: str, tracking_uri: Optional[str]) -> Path:
-    """A local checkpoint file for ``models:/name@alias``, ``runs:/…`` or a local path."""
+    """A local checkpoint file for ``models:/name@alias``, ``runs:/…``, ``models:/m-…`` or a path."""
     local = Path(model_uri)
     if local.exists():
         return local / CHECKPOINT_FILE if local.is_dir() and (local / CHECKPOINT_FILE).is_file() else local
+    if ":/" not in model_uri:
+        raise UserError(f"model {model_uri!r} does not resolve: no such file, and not a "
+                        "models:/ or runs:/ URI")
     import mlflow
 
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+        from tuner.leaderboard import open_client
+
+        client = open_client(tracking_uri)  # checks the store exists; makes HTTP fail fast
+        mlflow.set_tracking_uri(client.tracking_uri)
+        mlflow.set_registry_uri(client.tracking_uri)
     try:
         directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except Exception as err:  # MlflowException, OSError: the URI does not resolve
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"model {model_uri!r} does not resolve: {first}") from None
     found = sorted(directory.rglob(CHECKPOINT_FILE))
     if not found:
@@ -54,14 +64,25 @@ def resolve_checkpoint(model_uri: str, tracking_uri: Optional[str]) -> Path:
     return found[0]
 
 
+def _id_order(item: tuple[str, Path]) -> tuple:
+    # Numeric ids sort numerically (Kaggle's order), other names alphabetically after them.
+    image_id = item[0]
+    return (not image_id.isdigit(), int(image_id) if image_id.isdigit() else 0, image_id)
+
+
 def list_test_images(images_dir: Path) -> list[tuple[str, Path]]:
     if not images_dir.is_dir():
-        raise UserError(f"{images_dir}: test image folder does not exist")
+        raise UserError(f"--images: {images_dir}: test image folder does not exist")
     files = [p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
     if not files:
-        raise UserError(f"{images_dir}: test image folder is empty")
-    # Numeric ids sort numerically (Kaggle's order), other names alphabetically after them.
-    return sorted(((p.stem, p) for p in files), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0]))
+        raise UserError(f"--images: {images_dir}: test image folder is empty")
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise UserError(f"--images: {images_dir}: id {path.stem!r} twice "
+                            f"({seen[path.stem].name} and {path.name}); ids come from file names")
+        seen[path.stem] = path
+    return sorted(seen.items(), key=_id_order)
 
 
 def predict_folder(
@@ -75,44 +96,61 @@ def predict_folder(
 ) -> PredictionReport:
     if tta not in TTA_MODES:
         raise UserError(f"--tta: must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
+    if out.is_dir():
+        raise UserError(f"--out: {out} is a folder; give a CSV file name")
     items = list_test_images(images_dir)
     device = next(classifier.model.parameters()).device
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
-    bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress)
-    for start in range(0, len(items), batch_size):
-        batch_ids, tensors = [], []
-        for image_id, path in items[start : start + batch_size]:
-            try:
-                tensors.append(classifier.transform(load_rgb_image(path)))
-                batch_ids.append(image_id)
-            except Exception as err:  # an unreadable test file: counted, named, not fatal
-                log.warning("skipping test image %s (%s)", path.name, err)
-                skipped.append(image_id)
-        if tensors:
-            probs = classifier.probabilities(torch.stack(tensors).to(device), tta=tta)
-            predicted = probs.argmax(dim=1).tolist()
-            rows.extend((i, classifier.class_names[p]) for i, p in zip(batch_ids, predicted))
-        bar.update(len(items[start : start + batch_size]))
-    bar.close()
-    _write_csv_atomically(out, rows)
+    with tqdm(total=len(items), unit="img", desc="predict", disable=not progress) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            ids, tensors = _load_batch(classifier, batch, skipped)
+            if tensors:
+                probs = classifier.probabilities(torch.stack(tensors).to(device), tta=tta)
+                predicted = probs.argmax(dim=1).tolist()
+                rows.extend((i, classifier.class_names[p]) for i, p in zip(ids, predicted))
+            bar.update(len(batch))
+    if not rows:
+        raise UserError(f"--images: {images_dir}: none of its {len(items)} files is a readable image")
+    write_csv_atomically(out, rows)
     return PredictionReport(len(rows), out, skipped)
 
 
-def _write_csv_atomically(out: Path, rows: list[tuple[str, str]]) -> None:
+def _load_batch(classifier: Classifier, batch, skipped: list[str]):
+    ids, tensors = [], []
+    for image_id, path in batch:
+        try:
+            tensors.append(classifier.transform(load_rgb_image(path)))
+            ids.append(image_id)
+        except Exception as err:  # not an image, truncated, a bomb: counted, named, not fatal
+            log.info("skipping test file %s (%s: %s)", path.name, type(err).__name__, err)
+            skipped.append(image_id)
+    return ids, tensors
+
+
+def write_csv_atomically(out: Path, rows: list[tuple[str, str]]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "predicted"])
-        writer.writerows(rows)
-    os.replace(partial, out)
+    handle = tempfile.NamedTemporaryFile("w", newline="", dir=out.parent, prefix=f".{out.name}.",
+                                         suffix=".part", delete=False)
+    try:
+        with handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "predicted"])
+            writer.writerows(rows)
+        os.replace(handle.name, out)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def predict(
     model_uri: str, images_dir: Path, out: Path, *, tracking_uri: Optional[str] = None,
     tta: str = "none", batch_size: int = 128, progress: bool = True,
 ) -> PredictionReport:
+    list_test_images(images_dir)  # a bad folder fails before the model is fetched
     checkpoint = resolve_checkpoint(model_uri, tracking_uri)
     try:
         classifier = load_classifier(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,45 +1,58 @@
 """``tuner promote NAME``: the best (or a chosen) trial's checkpoint -> a registered MLflow model.
 
-The model is an MLflow pyfunc whose artifact is the trial's checkpoint, which carries its class map,
-normalisation and TrialConfig; the version carries lineage tags (search, trial, run id, metric) and
-the alias (``champion`` by default) moves to it, so ``models:/NAME@champion`` always means "the
-model we would submit".
+The model is an MLflow pyfunc logged into the trial's own run (its status untouched) whose artifacts
+are the trial's best checkpoint (model weights, TrialConfig, class map, normalisation) and a
+``model_card.json`` with the class names and preprocessing; the MLmodel metadata repeats them. The
+version carries lineage tags (search, trial, run id, metric and value, checkpoint URI) and the alias
+(``champion`` by default) moves to it, so ``models:/NAME@champion`` always means "the model we would
+submit". Every argument is checked before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import mlflow
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from tuner.errors import UserError
-from tuner.leaderboard import load_board
-from tuner.tracking import CHECKPOINT_TAG
+from tuner.leaderboard import Board, Entry, load_board, tracking_errors
+from tuner.tracking_lineage import open_location
+from tuner.tracking_tags import CHECKPOINT_TAG
+
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
-class CheckpointClassifierModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: ``predict(DataFrame with a 'path' column)`` -> predicted class names."""
+with warnings.catch_warnings():  # MLflow asks for type hints it would use to validate inputs
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context) -> None:
-        from trainables.inference import load_classifier
+    class CheckpointClassifierModel(PythonModel):
+        """pyfunc wrapper: ``predict(DataFrame with a 'path' column)`` -> predicted class names."""
 
-        self.classifier = load_classifier(context.artifacts["checkpoint"])
+        def load_context(self, context) -> None:
+            from trainables.inference import load_classifier
 
-    def predict(self, context, model_input, params=None):
-        import torch
+            self.classifier = load_classifier(context.artifacts["checkpoint"])
 
-        from trainables.data import load_rgb_image
+        def predict(self, context, model_input, params=None):
+            import torch
 
-        paths = list(model_input["path"])
-        batch = torch.stack([self.classifier.transform(load_rgb_image(p)) for p in paths])
-        predicted = self.classifier.probabilities(batch).argmax(dim=1).tolist()
-        return pd.DataFrame({"path": paths, "predicted": [self.classifier.class_names[i] for i in predicted]})
+            from trainables.data import load_rgb_image
+
+            paths = list(model_input["path"])
+            batch = torch.stack([self.classifier.transform(load_rgb_image(p)) for p in paths])
+            predicted = self.classifier.probabilities(batch).argmax(dim=1).tolist()
+            names = [self.classifier.class_names[i] for i in predicted]
+            return pd.DataFrame({"path": paths, "predicted": names})
 
 
 @dataclass
@@ -51,62 +64,157 @@ class Promotion:
     run_id: str
     metric: str
     value: Optional[float]
+    previous_version: Optional[str] = None  # where the alias pointed before
 
     @property
     def uri(self) -> str:
         return f"models:/{self.model_name}@{self.alias}"
 
 
+def check_names(model_name: str, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (
+        _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name,
+    )
+
+    try:
+        _validate_model_name(model_name)
+    except MlflowException as err:
+        raise UserError(f"--model-name: {err.message}") from None
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except MlflowException as err:
+        raise UserError(f"--alias: {err.message}") from None
+
+
+def choose_trial(board: Board, trial: Optional[str]) -> Entry:
+    if trial is not None:
+        chosen = next((e for e in board.entries if e.trial == trial), None)
+        if chosen is None:
+            known = ", ".join(e.trial for e in board.entries[:10]) or "none"
+            raise UserError(f"--trial: {trial!r} is not a trial of search {board.search!r} "
+                            f"(its trials, best first: {known})")
+        return chosen
+    candidates = [e for e in board.entries if e.best is not None]
+    if not candidates:
+        raise UserError(f"search {board.search!r} has no trial with a {board.metric} yet")
+    return candidates[0]
+
+
+def fetch_checkpoint(location: Optional[str], trial: str, target: Path) -> Path:
+    """The trial's checkpoint file copied to ``target`` (local path or remote storage URI)."""
+    if not location:
+        raise UserError(f"trial {trial} has no checkpoint recorded (tag {CHECKPOINT_TAG})")
+    import pyarrow.fs
+
+    try:
+        fs, base = open_location(location)
+        source = f"{base}/{CHECKPOINT_FILE}"
+        if fs.get_file_info(source).type != pyarrow.fs.FileType.File:
+            raise UserError(f"trial {trial}: checkpoint {location} is gone (no {CHECKPOINT_FILE})")
+        target.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(source) as stream, open(target / CHECKPOINT_FILE, "wb") as sink:
+            shutil.copyfileobj(stream, sink)
+    except (OSError, ValueError) as err:  # pyarrow: unreachable storage, bad URI
+        raise UserError(f"trial {trial}: cannot read checkpoint {location}: {err}") from None
+    return target / CHECKPOINT_FILE
+
+
 def promote(
     client: MlflowClient, search: str, *, trial: Optional[str] = None, alias: str = "champion",
     model_name: Optional[str] = None,
 ) -> Promotion:
-    board = load_board(client, search)
-    candidates = [e for e in board.entries if e.best is not None]
-    if trial is not None:
-        chosen = next((e for e in board.entries if e.trial == trial), None)
-        if chosen is None:
-            known = ", ".join(e.trial for e in board.entries[:10])
-            raise UserError(f"--trial: {trial!r} is not a trial of search {search!r} (e.g. {known})")
-    elif candidates:
-        chosen = candidates[0]
-    else:
-        raise UserError(f"search {search!r} has no trial with a {board.metric} yet")
-    run = client.get_run(chosen.run_id)
-    checkpoint_dir = run.data.tags.get(CHECKPOINT_TAG)
-    if not checkpoint_dir or not (Path(checkpoint_dir) / "checkpoint.pt").is_file():
-        raise UserError(f"trial {chosen.trial} has no checkpoint on disk ({checkpoint_dir or 'none recorded'})")
     name = model_name or search
+    check_names(name, alias)
+    board = load_board(client, search)
+    chosen = choose_trial(board, trial)
+    with tracking_errors(client.tracking_uri), tempfile.TemporaryDirectory(prefix="tuner-promote-") as tmp:
+        location = client.get_run(chosen.run_id).data.tags.get(CHECKPOINT_TAG)
+        checkpoint = fetch_checkpoint(location, chosen.trial, Path(tmp) / "checkpoint")
+        card_file = Path(tmp) / "model_card.json"
+        card = write_model_card(checkpoint, card_file)
+        previous = _alias_version(client, name, alias)
+        info = _log_model(client, chosen.run_id, checkpoint, card_file, card, name)
+        version = str(info.registered_model_version)
+        lineage = {
+            "tuner.search": search, "tuner.trial_id": chosen.trial, "tuner.run_id": chosen.run_id,
+            "tuner.metric": board.metric, "tuner.metric_value": str(chosen.best),
+            "tuner.checkpoint": location,
+        }
+        for key, value in lineage.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, alias, version)
+    return Promotion(name, version, alias, chosen.trial, chosen.run_id, board.metric, chosen.best,
+                     previous)
+
+
+def write_model_card(checkpoint: Path, out: Path) -> dict:
+    """Class map and preprocessing of a checkpoint, as JSON beside the model (and returned)."""
+    from trainables.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        content = load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    config = content["config"]
+    class_to_idx = content["class_to_idx"]
+    card = {
+        "class_names": [n for n, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])],
+        "class_to_idx": class_to_idx,
+        "preprocessing": {
+            "image_size": config.get("image_size"),
+            "eval_crop": (config.get("aug") or {}).get("eval_crop", 1.0),
+            "mean": content["normalisation"]["mean"],
+            "std": content["normalisation"]["std"],
+        },
+        "config": config,
+        "epoch": content.get("epoch"),
+    }
+    out.write_text(json.dumps(card, indent=1, default=str))
+    return card
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:  # no such model or alias yet
+        return None
+
+
+def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: Path, card: dict,
+               name: str):
+    """Logs the pyfunc into the trial's run without re-opening it (a FINISHED run stays FINISHED)."""
+    import mlflow
+    from mlflow.models import Model
+
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
-    info = _log_model(chosen.run_id, Path(checkpoint_dir) / "checkpoint.pt", name)
-    version = str(info.registered_model_version)
-    lineage = {
-        "tuner.search": search, "tuner.trial_id": chosen.trial, "tuner.run_id": chosen.run_id,
-        "tuner.metric": board.metric, "tuner.metric_value": str(chosen.best),
-    }
-    for key, value in lineage.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, alias, version)
-    return Promotion(name, version, alias, chosen.trial, chosen.run_id, board.metric, chosen.best)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The python_model is cloudpickled (MLflow warns about it on every call): it is our own class,
+    # and loading it needs this package installed, as predicting does anyway.
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # the type-hint advice again, at save time
+            warnings.simplefilter("ignore", UserWarning)
+            return _log_pyfunc(run_id, checkpoint, card_file, card, name)
+    finally:
+        quiet.setLevel(level)
 
 
-def _log_model(run_id: str, checkpoint: Path, name: str):
-    with mlflow.start_run(run_id=run_id, nested=True):
-        with tempfile.TemporaryDirectory() as tmp:
-            from trainables.checkpoint import load_checkpoint
+def _log_pyfunc(run_id: str, checkpoint: Path, card_file: Path, card: dict, name: str):
+    import mlflow
+    from mlflow.models import Model
 
-            content = load_checkpoint(checkpoint)
-            meta = Path(tmp) / "model_card.json"
-            meta.write_text(json.dumps({
-                "class_to_idx": content["class_to_idx"],
-                "normalisation": content["normalisation"],
-                "config": content["config"],
-            }, indent=1))
-            return mlflow.pyfunc.log_model(
-                name="model",
-                python_model=CheckpointClassifierModel(),
-                artifacts={"checkpoint": str(checkpoint), "model_card": str(meta)},
-                registered_model_name=name,
-                pip_requirements=["torch", "torchvision", "pillow", "pandas"],
-            )
+    return Model.log(
+        artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+        python_model=CheckpointClassifierModel(),
+        artifacts={"checkpoint": str(checkpoint), "model_card": str(card_file)},
+        registered_model_name=name,
+        metadata={"class_names": card["class_names"], "preprocessing": card["preprocessing"]},
+        pip_requirements=["torch", "torchvision", "pillow", "pandas"],
+    )

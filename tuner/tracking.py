@@ -1,49 +1,55 @@
 """MLflow as the leaderboard: one writer on the driver, a run tree, restart-safe run ids.
 
 Ray's MLflowLoggerCallback logs ``config/*``, ``pid`` and ``timestamp`` as metrics, has no parent run,
-and duplicates runs after a restore. This callback writes a parent run per search and one child run per
-trial (``mlflow.parentRunId``) with clean params, per-epoch metrics (``step=epoch``) and a
-``tuner.status`` tag. Run ids are persisted in the search's folder, so a resumed search continues the
-same runs instead of starting new ones.
+and duplicates runs after a restore. ``MlflowTracking`` is a Ray Tune callback that writes:
+
+- the search as a parent run: the spec as an artifact, sampler/scheduler/budget settings as params,
+  and at the end a summary (``best_<metric>``, ``trials_<status>`` counts, the best trial's id);
+- each trial as a child run (``mlflow.parentRunId``): its config flattened as params, the metrics of
+  ``METRIC_NAMES`` per epoch (``step`` = epoch), ``best_<metric>`` so far, the tag ``tuner.status``,
+  lineage tags (git commit, package versions, dataset fingerprint), the URI of its best checkpoint
+  (``tuner.best_checkpoint``; ``tuner promote`` logs that one as a model), and the files its latest
+  checkpoint carries in ``artifacts/`` (resolved config, per-class accuracy, confusion matrix, error
+  gallery: see ``trainables.artifacts``) as run artifacts.
+
+Every write goes through ``tuner.tracking_buffer.TrackingWriter``: written ahead to the search's state
+folder, so a tracking server that goes away costs nothing but delay. Run ids live in the same folder,
+so ``tuner resume`` (a fresh callback, same folder) continues the same runs, and an epoch reported
+again after a restore is not logged twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
+import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+
+from tuner.tracking_buffer import SEARCH_TARGET, STATE_FILE, TrackingWriter, fail_fast_http, metric_row
+from tuner.tracking_lineage import checkpoint_uri, dataset_fingerprint, lineage_tags, stage_artifacts
+from tuner.tracking_tags import (
+    BEST_TRIAL_TAG, CHECKPOINT_TAG, EXPERIMENT_KIND_TAG, KIND_TAG, METRIC_NAMES, PARENT_TAG,
+    SEARCH_TAG, SEARCHED_TAG, STATUS_TAG, TRIAL_STATUSES, TRIAL_TAG, UID_TAG,
+)
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = (
-    "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "epoch",
-    "epoch_time_s", "images_per_s", "skipped_images",
-)
-TRIAL_STATUSES = ("running", "completed", "early_stopped", "converged", "diverged", "failed")
-STATE_FILE = "tuner_mlflow_runs.json"
-KIND_TAG, STATUS_TAG, SEARCH_TAG, TRIAL_TAG = "tuner.kind", "tuner.status", "tuner.search", "tuner.trial_id"
-CHECKPOINT_TAG = "tuner.best_checkpoint"
-PARENT_TAG = "mlflow.parentRunId"
+__all__ = [
+    "MlflowTracking", "METRIC_NAMES", "TRIAL_STATUSES", "STATE_FILE", "KIND_TAG", "STATUS_TAG",
+    "SEARCH_TAG", "TRIAL_TAG", "CHECKPOINT_TAG", "PARENT_TAG", "default_tracking_uri",
+]
+
+FINAL_STATUSES = TRIAL_STATUSES[1:]
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: Optional[Path]) -> str:
-    """The search's experiment; with a SQLite store its artifacts go to an absolute local folder."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
 
 
 def trial_status(result: Optional[dict], *, errored: bool) -> str:
@@ -71,6 +77,10 @@ def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def param_values(values: dict) -> dict[str, str]:
+    return {k: str(v)[:MAX_PARAM_CHARS] for k, v in flatten(values).items()}
+
+
 def run_name(config: dict) -> str:
     """A leaderboard-readable name: ``resnet18 w0.5 lr=0.031 bs=64 sgd``."""
     parts = [str(config.get("arch", "?"))]
@@ -78,10 +88,15 @@ def run_name(config: dict) -> str:
         parts.append(f"w{config['width']:g}")
     if config.get("growth_rate"):
         parts.append(f"k{config['growth_rate']}")
-    parts.append(f"lr={config.get('lr', float('nan')):.3g}")
+    lr = config.get("lr")
+    parts.append(f"lr={lr:.3g}" if isinstance(lr, (int, float)) else f"lr={lr}")
     parts.append(f"bs={config.get('batch_size', '?')}")
     parts.append(str(config.get("optimizer", "")))
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
+
+
+def result_step(result: dict) -> int:
+    return int(result.get("epoch", result.get("training_iteration", 0)))
 
 
 class MlflowTracking(Callback):
@@ -100,7 +115,10 @@ class MlflowTracking(Callback):
         metric: str = "val_acc",
         mode: str = "max",
     ) -> None:
-        self.tracking_uri = tracking_uri
+        from tuner.redact import expand_env
+
+        expand_env(tracking_uri, what="tracking URI")  # an unset ${VAR} fails here, before Ray starts
+        self.tracking_uri = tracking_uri  # as given: pickled with the experiment, so never expanded
         self.search_name = search_name
         self.state_dir = Path(state_dir)
         self.artifact_root = artifact_root
@@ -108,103 +126,125 @@ class MlflowTracking(Callback):
         self.search_tags = search_tags
         self.spec_file = spec_file
         self.metric, self.mode = metric, mode
-        self._client: Optional[MlflowClient] = None
-        self._state: Optional[dict] = None
+        self._writer: Optional[TrackingWriter] = None
+        self._fingerprints: dict[tuple, dict] = {}
 
-    # Ray pickles callbacks with the experiment state: keep the client out of the pickle.
+    # Ray pickles callbacks with the experiment: keep the client, queue and caches out of it.
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None, "_state": None}
+        return {**self.__dict__, "_writer": None, "_fingerprints": {}}
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
+    def writer(self) -> TrackingWriter:
+        if self._writer is None:
+            if self.tracking_uri.startswith(("http://", "https://")):
+                fail_fast_http()
+            self._writer = TrackingWriter(tracking_uri=self.tracking_uri, state_dir=self.state_dir,
+                                          search_name=self.search_name)
+        return self._writer
 
     @property
     def state(self) -> dict:
-        if self._state is None:
-            path = self.state_dir / STATE_FILE
-            self._state = json.loads(path.read_text()) if path.is_file() else {"trials": {}}
-        return self._state
-
-    def _save_state(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / STATE_FILE
-        partial = path.with_suffix(".part")
-        partial.write_text(json.dumps(self.state, indent=1))
-        os.replace(partial, path)
+        return self.writer.state
 
     # --- the search (parent run) ---
     def setup(self, **info) -> None:
-        experiment_id = ensure_experiment(self.client, self.search_name, self.artifact_root)
-        self.state["experiment_id"] = experiment_id
-        if self.state.get("parent_run_id"):
-            self.client.set_tag(self.state["parent_run_id"], STATUS_TAG, "running")
-            self.client.update_run(self.state["parent_run_id"], status="RUNNING")
+        writer = self.writer
+        writer.flush(force=True)  # what an earlier driver left unsent goes first, in order
+        if "search_uid" not in self.state:
+            self.state["search_uid"] = uuid.uuid4().hex
+            writer.save_state()
+        self._record_experiment()
+        self.search_tags = lineage_tags(self.search_tags)
+        if self.state.get("parent_recorded"):
+            writer.record({"op": "log", "target": SEARCH_TARGET, "tags": {STATUS_TAG: "running"}})
+            writer.record({"op": "status", "target": SEARCH_TARGET, "status": "RUNNING"})
             return
-        run = self.client.create_run(
-            experiment_id,
-            run_name=f"search {self.search_name}",
-            tags={KIND_TAG: "search", SEARCH_TAG: self.search_name, STATUS_TAG: "running",
-                  **self.search_tags},
-        )
-        self.state["parent_run_id"] = run.info.run_id
-        self._save_state()
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(self.search_params).items()]
-        self.client.log_batch(run.info.run_id, params=params)
-        if self.spec_file is not None and self.spec_file.is_file():
-            self.client.log_artifact(run.info.run_id, str(self.spec_file))
+        self.state["parent_recorded"] = True
+        writer.save_state()
+        writer.record({
+            "op": "create_run", "target": SEARCH_TARGET, "run_name": f"search {self.search_name}",
+            "tags": {KIND_TAG: "search", SEARCH_TAG: self.search_name, STATUS_TAG: "running",
+                     UID_TAG: self.state["search_uid"], **self.search_tags},
+            "params": param_values(self.search_params),
+        })
+        if self.spec_file is not None and Path(self.spec_file).is_file():
+            staged = writer.staging_dir("search-spec")
+            staged.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.spec_file, staged / Path(self.spec_file).name)
+            writer.record({"op": "artifacts", "target": SEARCH_TARGET, "dir": str(staged),
+                           "files": [Path(self.spec_file).name]})
+
+    def _record_experiment(self) -> None:
+        from tuner.ui import VIEW_TAG, leaderboard_view
+
+        location = (Path(self.artifact_root) / self.search_name).resolve().as_uri() \
+            if self.artifact_root else None
+        searched = sorted(self.search_params.get("space", {}))
+        self.writer.record({
+            "op": "experiment", "name": self.search_name, "artifact_location": location,
+            "tags": {EXPERIMENT_KIND_TAG: "custom_model_development",
+                     VIEW_TAG: leaderboard_view(self.metric, self.mode, searched)},
+        })
 
     # --- trials (child runs) ---
-    def _child_run(self, trial) -> str:
-        known = self.state["trials"].get(trial.trial_id)
-        if known:
-            return known["run_id"]
+    def _ensure_child(self, trial) -> dict:
+        entry = self.state["trials"].get(trial.trial_id)
+        if entry is not None and entry.get("recorded"):
+            return entry
+        entry = self.state["trials"].setdefault(trial.trial_id, {})
+        entry.update(recorded=True, best=entry.get("best"), last_step=entry.get("last_step", 0),
+                     status="running")
+        self.writer.save_state()
         config = dict(trial.config)
-        run = self.client.create_run(
-            self.state["experiment_id"],
-            run_name=run_name(config),
-            tags={
-                PARENT_TAG: self.state["parent_run_id"], KIND_TAG: "trial",
-                SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id, STATUS_TAG: "running",
-                **({"tuner.finetune": "head-only"} if config.get("finetune") == "head" else {}),
-                **self.search_tags,
-            },
-        )
-        self.state["trials"][trial.trial_id] = {"run_id": run.info.run_id, "best": None}
-        self._save_state()
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run.info.run_id, params=params[start : start + 100])
-        return run.info.run_id
+        searched = sorted(k for k in self.search_params.get("space", {}) if k in config)
+        tags = {
+            KIND_TAG: "trial", SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id,
+            UID_TAG: self.state["search_uid"], STATUS_TAG: "running", SEARCHED_TAG: ",".join(searched),
+            **({"tuner.finetune": "head-only"} if config.get("finetune") == "head" else {}),
+            **self._fingerprint(config), **self.search_tags,
+        }
+        self.writer.record({"op": "create_run", "target": trial.trial_id, "run_name": run_name(config),
+                            "tags": tags, "params": param_values(config)})
+        return entry
+
+    def _fingerprint(self, config: dict) -> dict:
+        key = (config.get("train_dir"), config.get("val_dir"))
+        if key not in self._fingerprints:
+            self._fingerprints[key] = dataset_fingerprint({"train": key[0], "val": key[1]})
+        return self._fingerprints[key]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        run_id = self._child_run(trial)
-        self.client.set_tag(run_id, STATUS_TAG, "running")
-        self.client.update_run(run_id, status="RUNNING")
+        entry = self._ensure_child(trial)
+        if entry.get("status") != "running":  # restarted after a failure or a restore
+            entry["status"] = "running"
+            self.writer.save_state()
+        self.writer.record({"op": "log", "target": trial.trial_id, "tags": {STATUS_TAG: "running"}})
+        self.writer.record({"op": "status", "target": trial.trial_id, "status": "RUNNING"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self._child_run(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        timestamp = int(result.get("timestamp", 0) * 1000) or None
-        metrics = []
-        for name in METRIC_NAMES:
-            value = result.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics.append(Metric(name, float(value), timestamp or 0, epoch))
+        entry = self._ensure_child(trial)
+        step = result_step(result)
+        if step <= entry.get("last_step", 0):
+            # Reported again after a restore from an earlier checkpoint: already in MLflow (epochs
+            # are re-seeded from (seed, epoch), so the replayed epoch gives the same numbers).
+            log.debug("trial %s: epoch %d already logged", trial.trial_id, step)
+            return
+        timestamp_ms = int(result.get("timestamp", time.time()) * 1000)
+        metrics = [
+            metric_row(name, result[name], timestamp_ms, step)
+            for name in METRIC_NAMES
+            if isinstance(result.get(name), (int, float)) and not isinstance(result.get(name), bool)
+        ]
         value = result.get(self.metric)
-        entry = self.state["trials"][trial.trial_id]
         if isinstance(value, (int, float)) and math.isfinite(value):
-            better = entry["best"] is None or (
-                value > entry["best"] if self.mode == "max" else value < entry["best"]
-            )
-            if better:
+            best = entry.get("best")
+            if best is None or (value > best if self.mode == "max" else value < best):
                 entry["best"] = float(value)
-                self._save_state()
-            metrics.append(Metric(f"best_{self.metric}", entry["best"], timestamp or 0, epoch))
+            metrics.append(metric_row(f"best_{self.metric}", entry["best"], timestamp_ms, step))
+        entry["last_step"] = step
+        self.writer.save_state()
         if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+            self.writer.record({"op": "log", "target": trial.trial_id, "metrics": metrics})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish_trial(trial, errored=False)
@@ -213,34 +253,67 @@ class MlflowTracking(Callback):
         self._finish_trial(trial, errored=True)
 
     def _finish_trial(self, trial, *, errored: bool) -> None:
-        run_id = self._child_run(trial)
+        entry = self._ensure_child(trial)
         status = trial_status(trial.last_result, errored=errored)
-        tags = [RunTag(STATUS_TAG, status)]
-        best = _best_checkpoint_path(trial)
+        entry["status"] = status
+        self.writer.save_state()
+        tags = {STATUS_TAG: status}
+        best = _best_checkpoint_uri(trial)
         if best:
-            tags.append(RunTag(CHECKPOINT_TAG, best))
-        self.client.log_batch(run_id, tags=tags)
-        self.client.update_run(run_id, status="FAILED" if status == "failed" else "FINISHED")
+            tags[CHECKPOINT_TAG] = best
+        self.writer.record({"op": "log", "target": trial.trial_id, "tags": tags})
+        self._record_artifacts(trial)
+        self.writer.record({"op": "status", "target": trial.trial_id,
+                            "status": "FAILED" if status == "failed" else "FINISHED"})
+
+    def _record_artifacts(self, trial) -> None:
+        """The evaluation files of the trial's latest checkpoint (the final one when it ended
+        itself), copied to the state folder first so the upload survives a server outage."""
+        location = checkpoint_uri(trial.checkpoint)
+        if not location:
+            return
+        staged = self.writer.staging_dir(f"trial-{trial.trial_id}")
+        try:
+            files = stage_artifacts(location, staged)
+        except OSError as err:  # storage unreachable: the checkpoint URI tag still points at them
+            log.warning("trial %s: could not read artifacts of %s: %s", trial.trial_id, location, err)
+            return
+        if files:
+            self.writer.record({"op": "artifacts", "target": trial.trial_id, "dir": str(staged),
+                                "files": files})
 
     def on_experiment_end(self, trials, **info) -> None:
-        parent = self.state.get("parent_run_id")
-        if not parent:
-            return
-        counts = {s: 0 for s in TRIAL_STATUSES}
-        for trial in trials:
-            counts[trial_status(trial.last_result, errored=trial.status == "ERROR")] += 1
-        bests = [t["best"] for t in self.state["trials"].values() if t["best"] is not None]
-        metrics = [Metric(f"trials_{status}", n, 0, 0) for status, n in counts.items() if status != "running"]
-        if bests:
-            best = max(bests) if self.mode == "max" else min(bests)
-            metrics.append(Metric(f"best_{self.metric}", best, 0, 0))
-        self.client.log_batch(parent, metrics=metrics, tags=[RunTag(STATUS_TAG, "completed")])
-        self.client.update_run(parent, status="FINISHED")
+        for trial in trials:  # trials Ray finished without telling us (none expected)
+            entry = self.state["trials"].get(trial.trial_id)
+            if entry and entry.get("status") == "running" and trial.status in ("TERMINATED", "ERROR"):
+                self._finish_trial(trial, errored=trial.status == "ERROR")
+        if self.state.get("parent_recorded"):
+            self.writer.record({"op": "log", "target": SEARCH_TARGET, **self._summary()})
+            self.writer.record({"op": "status", "target": SEARCH_TARGET, "status": "FINISHED"})
+        self.writer.close()
+
+    def _summary(self) -> dict:
+        """Counts over every trial of the search (a --more extension included) and the best one."""
+        entries = self.state["trials"]
+        counts = {status: 0 for status in FINAL_STATUSES}
+        for entry in entries.values():
+            if entry.get("status") in counts:
+                counts[entry["status"]] += 1
+        now = int(time.time() * 1000)
+        metrics = [metric_row(f"trials_{status}", n, now, 0) for status, n in counts.items()]
+        tags = {STATUS_TAG: "completed"}
+        scored = {tid: e["best"] for tid, e in entries.items() if e.get("best") is not None}
+        if scored:
+            pick = max if self.mode == "max" else min
+            best_trial = pick(scored, key=scored.get)
+            metrics.append(metric_row(f"best_{self.metric}", scored[best_trial], now, 0))
+            tags[BEST_TRIAL_TAG] = best_trial
+        return {"metrics": metrics, "tags": tags}
 
 
-def _best_checkpoint_path(trial) -> Optional[str]:
+def _best_checkpoint_uri(trial) -> Optional[str]:
     """The checkpoint with the best score that Ray kept (falls back to the latest one)."""
     manager = getattr(trial.run_metadata, "checkpoint_manager", None)
     result = getattr(manager, "best_checkpoint_result", None) if manager else None
     checkpoint = result.checkpoint if result is not None else trial.checkpoint
-    return checkpoint.path if checkpoint is not None else None
+    return checkpoint_uri(checkpoint)

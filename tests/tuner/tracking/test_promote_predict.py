@@ -1,0 +1,141 @@
+"""`tuner promote` registers a trial's checkpoint with lineage and moves the alias; `tuner predict`
+turns the promoted model into a submission, with and without test-time augmentation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tuner.tracking.conftest import assert_user_error, run_cli
+from trainables.data import load_rgb_image
+from trainables.inference import load_classifier
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 48  # test images predicted per run: enough for the TTA comparison, cheap on 2 cores
+
+
+@pytest.fixture(scope="module")
+def promoted(team_search, team_client):
+    """Best trial promoted, then the second best: (board, first output, second output)."""
+    uri = team_search.server.uri
+    board = json.loads(run_cli("leaderboard", "team", "--tracking-uri", uri,
+                             "--format", "json").stdout)
+    first = run_cli("promote", "team", "--tracking-uri", uri)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("promote", "team", "--trial", board[1]["trial"], "--tracking-uri", uri)
+    assert second.returncode == 0, second.stderr
+    return board, first.stdout, second.stdout
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_promote_registers_with_lineage_and_moves_the_alias(promoted, team_client, team_search):
+    board, first, second = promoted
+    assert f"promoted trial {board[0]['trial']}" in first and "version 1; alias @champion" in first
+    assert "version 2; alias @champion (moved from version 1)" in second
+    champion = team_client.get_model_version_by_alias("team", "champion")
+    assert champion.version == "2"
+    version_1 = team_client.get_model_version("team", "1")
+    for version, entry in ((version_1, board[0]), (champion, board[1])):
+        assert version.tags["tuner.search"] == "team"
+        assert version.tags["tuner.trial_id"] == entry["trial"]
+        assert version.tags["tuner.run_id"] == entry["run_id"] == version.run_id
+        assert version.tags["tuner.metric"] == "val_acc"
+        assert float(version.tags["tuner.metric_value"]) == entry["best"]
+        run = team_client.get_run(entry["run_id"])
+        assert version.tags["tuner.checkpoint"] == run.data.tags["tuner.best_checkpoint"]
+        assert run.info.status == "FINISHED"  # logging the model did not re-open the trial's run
+
+
+def test_promoted_model_carries_class_map_and_preprocessing(promoted, team_search, demo_data):
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(team_search.server.uri)
+    mlflow.set_registry_uri(team_search.server.uri)
+    local = Path(mlflow.artifacts.download_artifacts("models:/team@champion"))
+    card = json.loads(next(local.rglob("model_card.json")).read_text())
+    classes = sorted(p.name for p in (demo_data / "train").iterdir())
+    assert sorted(card["class_names"]) == classes
+    assert card["preprocessing"]["image_size"] == 32 and len(card["preprocessing"]["mean"]) == 3
+    model = mlflow.pyfunc.load_model("models:/team@champion")
+    paths = [str(demo_data / "test" / f"{i}.jpg") for i in (1, 2, 3)]
+    predicted = model.predict(pd.DataFrame({"path": paths}))
+    assert list(predicted["predicted"]) and set(predicted["predicted"]) <= set(classes)
+
+
+def test_promote_bad_input_writes_nothing(promoted, team_search, team_client):
+    uri = team_search.server.uri
+    before = len(team_client.search_model_versions("name='team'"))
+    assert_user_error(run_cli("promote", "team", "--trial", "nope", "--tracking-uri", uri),
+                      "--trial: 'nope' is not a trial of search 'team'")
+    assert_user_error(run_cli("promote", "nope", "--tracking-uri", uri),
+                      "no search named 'nope'")
+    assert_user_error(run_cli("promote", "team", "--alias", "not ok!", "--tracking-uri", uri),
+                      "--alias: Invalid alias name")
+    assert len(team_client.search_model_versions("name='team'")) == before
+
+
+@pytest.fixture(scope="module")
+def test_images(demo_data, tmp_path_factory) -> Path:
+    """IMAGES real test photos, one text file posing as image 999, and a hidden file."""
+    folder = tmp_path_factory.mktemp("test-images")
+    for number in range(1, IMAGES + 1):
+        shutil.copy(demo_data / "test" / f"{number}.jpg", folder / f"{number}.jpg")
+    (folder / "999.jpg").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    return folder
+
+
+def expected_labels(version, images: Path, tta: str) -> dict[str, str]:
+    """What the promoted checkpoint predicts, computed here: argmax of the (averaged) softmax."""
+    classifier = load_classifier(Path(version.tags["tuner.checkpoint"]) / "checkpoint.pt")
+    ids = [str(n) for n in range(1, IMAGES + 1)]
+    batch = torch.stack([classifier.transform(load_rgb_image(images / f"{i}.jpg")) for i in ids])
+    probs = classifier.probabilities(batch, tta=tta)
+    return {i: classifier.class_names[p] for i, p in zip(ids, probs.argmax(dim=1).tolist())}
+
+
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_predict_writes_the_submission(promoted, team_search, team_client, test_images, tmp_path, tta):
+    out = tmp_path / "sub" / "submission.csv"
+    proc = run_cli("predict", "models:/team@champion", "--images", str(test_images), "--out",
+                 str(out), "--tta", tta, "--batch-size", "20", "--tracking-uri", team_search.server.uri)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {IMAGES} rows" in proc.stdout
+    assert "skipped 1 file(s) that are no readable image: ids 999" in proc.stdout
+    assert "predict: 100%" in proc.stderr  # the progress bar
+    rows = read_csv(out)
+    assert [r["id"] for r in rows] == [str(n) for n in range(1, IMAGES + 1)]  # numeric id order
+    champion = team_client.get_model_version_by_alias("team", "champion")
+    assert {r["id"]: r["predicted"] for r in rows} == expected_labels(champion, test_images, tta)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["submission.csv"]  # no .part left
+
+
+def test_predict_bad_input_leaves_no_half_file(promoted, team_search, tmp_path, test_images):
+    uri = team_search.server.uri
+    out = tmp_path / "submission.csv"
+    out.write_text("id,predicted\nkeep,me\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "1.txt").write_text("x")
+    cases = [
+        (["models:/team@champion", "--images", str(tmp_path / "empty")], "test image folder is empty"),
+        (["models:/team@champion", "--images", str(tmp_path / "junk")], "is a readable image"),
+        (["models:/team@nope", "--images", str(test_images)], "does not resolve"),
+        (["models:/nope/1", "--images", str(test_images)], "does not resolve"),
+        (["no-such-model", "--images", str(test_images)], "does not resolve"),
+    ]
+    for args, message in cases:
+        assert_user_error(run_cli("predict", *args, "--out", str(out), "--tracking-uri", uri), message)
+    assert out.read_text() == "id,predicted\nkeep,me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "junk", "submission.csv"]

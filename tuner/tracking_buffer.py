@@ -1,0 +1,326 @@
+"""Every MLflow write of a search: written ahead to a file, sent in order, never silently lost.
+
+The tracking callback turns each event into an *operation* (create a run, log a batch, set a status,
+upload a folder) and hands it to ``TrackingWriter.record``. The operation is appended to
+``mlflow_pending.jsonl`` in the search's state folder, then sent. When MLflow cannot be reached (a
+tracking server restarting, a network cut), the operation stays in the file, the search goes on, and
+the queue is replayed in order on the next call that succeeds (at most every ``RETRY_AFTER_S``), at
+the end of the search, and by ``tuner resume``. Whatever is still unsent at the end is listed, one
+line each, in a warning, and stays in the file. Operations MLflow refuses outright (a deleted run, an
+invalid value) are set aside in ``mlflow_rejected.jsonl`` with a warning: they would never succeed.
+
+Replays are idempotent: a run is created only when none with the same (search uid, kind, trial) tags
+exists; MLflow drops a metric identical in (key, value, step, timestamp); params and tags are
+re-set to the same values; artifacts overwrite themselves. Operations name their run by *target*
+("search" or a Ray trial id), resolved to a run id when sent, so a run created late is still right.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from tuner.tracking_tags import KIND_TAG, PARENT_TAG, TRIAL_TAG, UID_TAG
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "tuner_mlflow_runs.json"  # run ids: a resumed search continues the same runs
+PENDING_FILE = "mlflow_pending.jsonl"
+REJECTED_FILE = "mlflow_rejected.jsonl"
+STAGED_DIR = "mlflow_staged"  # local copies of artifacts waiting to be uploaded
+RETRY_AFTER_S = 5.0  # after a failed send, further sends wait this long (keeps the Ray loop fast)
+SEARCH_TARGET = "search"
+
+# MLflow error codes that mean "try again later"; anything else is refused for good.
+TRANSIENT_CODES = {
+    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "IO_ERROR", "SERVICE_UNDER_MAINTENANCE",
+    "WORKSPACE_TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "REQUEST_LIMIT_EXCEEDED",
+    "RESOURCE_EXHAUSTED", "COULD_NOT_ACQUIRE_LOCK", "UNPARSEABLE_HTTP_ERROR",
+}
+# MLflow's log_batch limits per request.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+
+
+def fail_fast_http(*, retries: int = 0, timeout_s: int = 10) -> None:
+    """Makes MLflow's HTTP client give up quickly instead of retrying for minutes (its default:
+    7 retries with exponential backoff, 120 s timeout). Values the user set are kept."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+
+
+def is_transient(err: BaseException) -> bool:
+    """True when a failed MLflow call may succeed later (server down, timeout, overload)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code in TRANSIENT_CODES
+    try:
+        import requests
+        import sqlalchemy.exc
+
+        transient: tuple = (requests.exceptions.RequestException, sqlalchemy.exc.OperationalError)
+    except ImportError:  # pragma: no cover - both ship with mlflow
+        transient = ()
+    return isinstance(err, (OSError, *transient))
+
+
+def short_error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+class Refused(Exception):
+    """An operation that can never succeed (its run was never created, say)."""
+
+
+class TrackingWriter:
+    """Owns the run-id state, the pending queue and the MlflowClient of one search."""
+
+    def __init__(self, *, tracking_uri: str, state_dir: Path, search_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.state_dir = Path(state_dir)
+        self.search_name = search_name
+        self.state: dict = self._load_state()
+        self.pending: list[dict] = self._load_pending()
+        self.rejected: list[str] = []
+        self._client = None
+        self._retry_at = 0.0
+        self.last_error: Optional[str] = None
+
+    # --- files ---
+    @property
+    def pending_path(self) -> Path:
+        return self.state_dir / PENDING_FILE
+
+    def _load_state(self) -> dict:
+        path = self.state_dir / STATE_FILE
+        state = json.loads(path.read_text()) if path.is_file() else {}
+        state.setdefault("trials", {})
+        return state
+
+    def save_state(self) -> None:
+        _write_atomically(self.state_dir / STATE_FILE, json.dumps(self.state, indent=1))
+
+    def _load_pending(self) -> list[dict]:
+        if not self.pending_path.is_file():
+            return []
+        ops = []
+        for number, line in enumerate(self.pending_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError:  # the driver died mid-line: that write never happened
+                log.warning("%s:%d: unreadable pending MLflow write skipped", self.pending_path, number)
+        return ops
+
+    def _rewrite_pending(self) -> None:
+        text = "".join(json.dumps(op) + "\n" for op in self.pending)
+        _write_atomically(self.pending_path, text)
+
+    def staging_dir(self, name: str) -> Path:
+        return self.state_dir / STAGED_DIR / name
+
+    # --- the client ---
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            from tuner.redact import expand_env
+
+            # ${VAR} references in the URI are filled in here only: saved state never holds secrets.
+            self._client = MlflowClient(expand_env(self.tracking_uri, what="tracking URI"))
+        return self._client
+
+    def run_id(self, target: str) -> Optional[str]:
+        if target == SEARCH_TARGET:
+            return self.state.get("parent_run_id")
+        return self.state["trials"].get(target, {}).get("run_id")
+
+    # --- queue ---
+    def record(self, op: dict) -> None:
+        """Writes ``op`` ahead to the pending file, then sends whatever the queue holds."""
+        self.pending.append(op)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.pending_path, "a") as handle:
+            handle.write(json.dumps(op) + "\n")
+        self.flush()
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Sends pending operations in order; True when none is left."""
+        if not self.pending:
+            return True
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        sent = 0
+        for op in list(self.pending):
+            try:
+                self.apply(op)
+            except Exception as err:  # classified below: retried later, or refused for good
+                if isinstance(err, Refused) or not is_transient(err):
+                    self._reject(op, err)
+                    sent += 1
+                    continue
+                self.last_error = short_error(err)
+                self._retry_at = time.monotonic() + RETRY_AFTER_S
+                log.debug("MLflow unreachable (%s); %d writes pending", self.last_error,
+                          len(self.pending) - sent)
+                break
+            sent += 1
+        if sent:
+            if sent == len(self.pending) and self.last_error:
+                log.warning("MLflow at %s is back: %d buffered writes sent", self.tracking_uri, sent)
+                self.last_error = None
+            self.pending = self.pending[sent:]
+            self._rewrite_pending()
+        return not self.pending
+
+    def _reject(self, op: dict, err: BaseException) -> None:
+        line = f"{self.describe(op)} ({short_error(err)})"
+        self.rejected.append(line)
+        log.warning("MLflow refused a write of search %s, set aside in %s: %s",
+                    self.search_name, self.state_dir / REJECTED_FILE, line)
+        with open(self.state_dir / REJECTED_FILE, "a") as handle:
+            handle.write(json.dumps({**op, "error": short_error(err)}) + "\n")
+
+    def close(self) -> list[str]:
+        """Last flush; warns with every write still unsent (kept for ``tuner resume``)."""
+        self.flush(force=True)
+        unsent = [self.describe(op) for op in self.pending]
+        if unsent:
+            listing = "\n".join(f"  [{i}] {line}" for i, line in enumerate(unsent, 1))
+            log.warning(
+                "MLflow at %s could not be reached (%s): %d writes of search %s are NOT in MLflow "
+                "yet; they are kept in %s and sent by `tuner resume %s`:\n%s",
+                self.tracking_uri, self.last_error, len(unsent), self.search_name,
+                self.pending_path, self.search_name, listing,
+            )
+        return unsent
+
+    # --- one operation ---
+    def apply(self, op: dict) -> None:
+        kind = op["op"]
+        if kind == "experiment":
+            self._apply_experiment(op)
+        elif kind == "create_run":
+            self._apply_create(op)
+        else:
+            run_id = self.run_id(op["target"])
+            if run_id is None:
+                raise Refused(f"its run was never created ({op['target']})")
+            if kind == "log":
+                self._apply_log(run_id, op)
+            elif kind == "status":
+                self.client.update_run(run_id, status=op["status"])
+            elif kind == "artifacts":
+                source = Path(op["dir"])
+                if source.is_dir():  # gone: uploaded before a crash removed it from the queue
+                    self.client.log_artifacts(run_id, str(source), op.get("path"))
+                    shutil.rmtree(source, ignore_errors=True)
+            else:
+                raise Refused(f"unknown operation {kind!r}")
+
+    def _apply_experiment(self, op: dict) -> None:
+        client = self.client
+        experiment = client.get_experiment_by_name(op["name"])
+        if experiment is None:
+            experiment_id = client.create_experiment(op["name"], artifact_location=op.get("artifact_location"))
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                log.warning("experiment %r was deleted in MLflow: restoring it", op["name"])
+                client.restore_experiment(experiment_id)
+        for key, value in op.get("tags", {}).items():
+            client.set_experiment_tag(experiment_id, key, value)
+        self.state["experiment_id"] = experiment_id
+        self.save_state()
+
+    def _apply_create(self, op: dict) -> None:
+        target = op["target"]
+        run_id = self.run_id(target)
+        if run_id is None:
+            experiment_id = self.state.get("experiment_id")
+            if experiment_id is None:
+                raise Refused("the search's experiment was never created")
+            tags = dict(op["tags"])
+            if target != SEARCH_TARGET:
+                parent = self.run_id(SEARCH_TARGET)
+                if parent is None:
+                    raise Refused("the search's parent run was never created")
+                tags[PARENT_TAG] = parent
+            run_id = self._find_run(experiment_id, tags) or self.client.create_run(
+                experiment_id, run_name=op["run_name"], tags=tags).info.run_id
+            if target == SEARCH_TARGET:
+                self.state["parent_run_id"] = run_id
+            else:
+                self.state["trials"].setdefault(target, {})["run_id"] = run_id
+            self.save_state()
+        self._apply_log(run_id, {"params": op.get("params", {})})
+
+    def _find_run(self, experiment_id: str, tags: dict) -> Optional[str]:
+        """The run an earlier, interrupted attempt created (its reply lost), if any."""
+        conditions = [f"tags.`{UID_TAG}` = '{tags[UID_TAG]}'", f"tags.`{KIND_TAG}` = '{tags[KIND_TAG]}'"]
+        if TRIAL_TAG in tags:
+            conditions.append(f"tags.`{TRIAL_TAG}` = '{tags[TRIAL_TAG]}'")
+        runs = self.client.search_runs([experiment_id], " and ".join(conditions), max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _apply_log(self, run_id: str, op: dict) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])]
+        params = [Param(k, v) for k, v in op.get("params", {}).items()]
+        tags = [RunTag(k, v) for k, v in op.get("tags", {}).items()]
+        for start in range(0, max(len(metrics), len(params), len(tags), 1), MAX_PARAMS):
+            chunk = (metrics[start : start + MAX_PARAMS], params[start : start + MAX_PARAMS],
+                     tags[start : start + MAX_TAGS])
+            if any(chunk):
+                self.client.log_batch(run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+
+    # --- words ---
+    def describe(self, op: dict) -> str:
+        target = op.get("target")
+        who = f"search {self.search_name}" if target in (None, SEARCH_TARGET) else f"trial {target}"
+        kind = op["op"]
+        if kind == "experiment":
+            return f"experiment {op['name']!r}: create or find"
+        if kind == "create_run":
+            return f"{who}: create run {op['run_name']!r} with {len(op.get('params', {}))} params"
+        if kind == "status":
+            return f"{who}: run status {op['status']}"
+        if kind == "artifacts":
+            return f"{who}: upload artifacts {', '.join(op.get('files', [])) or '(folder)'} from {op['dir']}"
+        parts = []
+        steps = sorted({m[3] for m in op.get("metrics", [])})
+        if op.get("metrics"):
+            names = ", ".join(sorted({m[0] for m in op["metrics"]}))
+            parts.append(f"metrics {names} at step {', '.join(map(str, steps))}")
+        for key in ("params", "tags"):
+            if op.get(key):
+                parts.append(f"{key} " + ", ".join(f"{k}={v}" for k, v in sorted(op[key].items())))
+        return f"{who}: " + "; ".join(parts)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def replay(*, tracking_uri: str, state_dir: Path, search_name: str) -> list[str]:
+    """Sends a search's pending writes now (for a later flush without resuming); returns what is
+    still unsent."""
+    writer = TrackingWriter(tracking_uri=tracking_uri, state_dir=state_dir, search_name=search_name)
+    return writer.close()
+
+
+def metric_row(name: str, value: Any, timestamp_ms: int, step: int) -> list:
+    return [name, float(value), int(timestamp_ms), int(step)]
