@@ -22,16 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(TUNER) data demo --out $(DEMO_DATA)
 	$(TUNER) search search_spaces/demo.yaml --name $(DEMO_NAME)
+	echo $(DEMO_NAME) > runs/.last-demo
 	$(TUNER) leaderboard $(DEMO_NAME) --top 10
 	$(TUNER) promote $(DEMO_NAME) --model-name demo
 	$(TUNER) predict models:/demo@champion --images $(DEMO_DATA)/test --out submission.csv --quiet
 	$(TUNER) score submission.csv --key $(DEMO_DATA)/test_labels.csv
 	@echo ""
 	@echo "MLflow data: $(CURDIR)/mlflow.db (runs), $(CURDIR)/mlruns (artifacts), $(CURDIR)/runs (checkpoints)"
-	@echo "Open the leaderboard:  make ui   (then http://127.0.0.1:5000)"
+	@echo "Open the leaderboard:  make ui   (= tuner ui $(DEMO_NAME), on http://127.0.0.1:5000)"
 
+# The MLflow UI on 127.0.0.1, opened on the last demo search's leaderboard.
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(TUNER) ui $$(cat runs/.last-demo 2>/dev/null)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -47,29 +47,42 @@ def cmd_search(args) -> int:
     return run_from_cli(args)
 
 
-def cmd_leaderboard(args) -> int:
-    from mlflow.tracking import MlflowClient
+def cmd_resume(args) -> int:
+    from tuner.resume import resume_from_cli
 
-    from tuner.leaderboard import load_board, render
+    return resume_from_cli(args)
+
+
+def cmd_flush(args) -> int:
+    from tuner.resume import load_definition
+    from tuner.tracking_buffer import replay
+
+    _, places, _ = load_definition(args.name, args.storage)
+    unsent = replay(tracking_uri=places.tracking_uri, state_dir=places.state_dir, search_name=args.name)
+    print(f"{len(unsent)} MLflow writes still unsent" if unsent else "all buffered MLflow writes sent")
+    return 1 if unsent else 0
+
+
+def cmd_leaderboard(args) -> int:
+    from tuner.leaderboard import load_board, open_client, render
     from tuner.workspace import tracking_uri
 
-    board = load_board(MlflowClient(tracking_uri(args.tracking_uri)), args.name, top=args.top)
+    board = load_board(open_client(tracking_uri(args.tracking_uri)), args.name, top=args.top)
     print(render(board, args.format), end="")
     return 0
 
 
 def cmd_promote(args) -> int:
-    from mlflow.tracking import MlflowClient
-
+    from tuner.leaderboard import open_client
     from tuner.promote import promote
     from tuner.workspace import tracking_uri
 
-    uri = tracking_uri(args.tracking_uri)
-    result = promote(MlflowClient(uri, registry_uri=uri), args.name, trial=args.trial,
+    result = promote(open_client(tracking_uri(args.tracking_uri)), args.name, trial=args.trial,
                      alias=args.alias, model_name=args.model_name)
     value = "-" if result.value is None else f"{result.value:.4f}"
+    moved = f" (moved from version {result.previous_version})" if result.previous_version else ""
     print(f"promoted trial {result.trial} ({result.metric}={value}) as {result.model_name} "
-          f"version {result.version}; alias @{result.alias}: {result.uri}")
+          f"version {result.version}; alias @{result.alias}{moved}: {result.uri}")
     return 0
 
 
@@ -82,8 +95,16 @@ def cmd_predict(args) -> int:
                      batch_size=args.batch_size, progress=not args.quiet)
     print(f"wrote {report.written} rows to {report.out}")
     if report.skipped:
-        print(f"skipped {len(report.skipped)} unreadable image(s): ids {', '.join(report.skipped[:20])}")
+        shown = ", ".join(report.skipped[:50]) + (" …" if len(report.skipped) > 50 else "")
+        print(f"skipped {len(report.skipped)} file(s) that are no readable image: ids {shown}")
     return 0
+
+
+def cmd_ui(args) -> int:
+    from tuner.ui import serve
+    from tuner.workspace import tracking_uri
+
+    return serve(tracking_uri=tracking_uri(args.tracking_uri), search=args.name, port=args.port)
 
 
 def cmd_score(args) -> int:
@@ -107,7 +128,8 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tuner", description="Hyperparameter search for image classifiers: Ray Tune + Optuna + MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -115,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = data.add_parser("demo", help="lay out the shipped CIFAR-10 sample like the competition")
     demo.add_argument("--out", required=True, help="target folder")
     demo.set_defaults(func=cmd_data_demo)
+    from tuner import cli_data  # download, stats, split, cache
+
+    cli_data.register(data)
+    from tuner import cli_diagnose  # diagnose batch-size / lr-range / overfit, data preview-augment
+
+    cli_diagnose.register_preview(data)
 
     search = sub.add_parser("search", help="run a search from a spec YAML")
     search.add_argument("spec", help="search-space YAML (see search_spaces/)")
@@ -126,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--address", help="Ray cluster address (default: a local embedded cluster)")
     _add_tracking(search)
     search.set_defaults(func=cmd_search)
+
+    resume = sub.add_parser("resume", help="finish a search whose driver died, or --more trials")
+    resume.add_argument("name")
+    resume.add_argument("--more", type=int, help="run N further trials on the same study")
+    resume.add_argument("--storage", help="Ray storage path the search was started with")
+    resume.add_argument("--address", help="Ray cluster address (default: the one it started with)")
+    resume.set_defaults(func=cmd_resume)
+
+    flush = sub.add_parser("flush", help="send a search's buffered MLflow writes (after an outage)")
+    flush.add_argument("name")
+    flush.add_argument("--storage", help="Ray storage path the search was started with")
+    flush.set_defaults(func=cmd_flush)
 
     board = sub.add_parser("leaderboard", help="ranked trials of a search")
     board.add_argument("name")
@@ -152,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(pred)
     pred.set_defaults(func=cmd_predict)
 
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1, opened on a search's leaderboard")
+    ui.add_argument("name", nargs="?", help="search to open (default: the list of experiments)")
+    ui.add_argument("--port", type=int, default=5000, help="local port (default: 5000)")
+    _add_tracking(ui)
+    ui.set_defaults(func=cmd_ui)
+
     score = sub.add_parser("score", help="top-1 accuracy of a submission against an answer key")
     score.add_argument("submission")
     score.add_argument("--key", required=True, help="CSV id,label")
@@ -163,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/train", help="folder for checkpoint and artifacts")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     train.set_defaults(func=cmd_train)
+
+    cli_diagnose.register(sub)
     return parser
 
 
@@ -170,6 +218,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from tuner.redact import install_log_redaction, redact
+
+    install_log_redaction()
     handler: Callable[[argparse.Namespace], int] = args.func
     from trainables.checkpoint import CheckpointError
     from trainables.config import ConfigError
@@ -178,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return handler(args)
     except (UserError, ConfigError, DataError, CheckpointError) as err:
-        print(f"tuner: error: {err}", file=sys.stderr)
+        print(f"tuner: error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tuner: interrupted; finished work is kept (see `tuner resume`)", file=sys.stderr)
