@@ -6,6 +6,7 @@ Ray is imported inside the function, so ``import trainables.trial`` works on a m
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -18,8 +19,15 @@ def tune_trainable(config: dict) -> None:
     from ray import tune
 
     trial_config = TrialConfig.from_dict(config)
+    first_report = True
 
     def report(metrics: dict, checkpoint_dir: Optional[Path]) -> None:
+        nonlocal first_report
+        if first_report:
+            # The device(s) Ray gave this trial process for its GPU share (None: no GPU assigned);
+            # recorded once per process, so a trial resumed on another node records its new one.
+            metrics = {**metrics, "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            first_report = False
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
