@@ -133,8 +133,11 @@ def start_ray(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     # "local" starts a fresh embedded cluster; a plain ray.init() would try to join a stale one.
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    from tuner.cluster import ray_address_from_env
+
+    # `ray job submit` passes the cluster in $RAY_ADDRESS (tuner resume included).
+    ray.init(address=address or ray_address_from_env() or "local", include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
 
 
 def trial_dirname(trial) -> str:
@@ -171,7 +174,8 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
                 checkpoint_score_attribute=spec.metric,
                 checkpoint_score_order=spec.mode,
             ),
-            failure_config=tune.FailureConfig(max_failures=1),
+            # A trial may lose its node (spot reclaim) a few times and still resume from its checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
             verbose=1,
         ),
     )

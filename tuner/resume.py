@@ -16,6 +16,7 @@ from typing import Optional
 
 import yaml
 
+from tuner.cluster import preflight_search
 from tuner.driver import SearchPlaces, resume_search, run_search
 from tuner.errors import UserError
 from tuner.spec import SearchSpec, parse_spec
@@ -75,6 +76,7 @@ def resume_from_cli(args) -> int:
 
     definition, places, spec = load_definition(args.name, args.storage)
     address = args.address or definition.get("address")
+    preflight_search(spec, places, address=address)
     if args.more is None:
         results = resume_search(spec, places, address=address)
         print_summary(spec, places, results)

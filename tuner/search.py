@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from tuner.cluster import preflight_search
+from tuner.cluster import preflight_search, ray_address_from_env
 from tuner.driver import SearchPlaces, ensure_new_search, run_search
 from tuner.errors import UserError
 from tuner.redact import redact
@@ -85,8 +85,10 @@ def run_from_cli(args) -> int:
         if args.num_samples < 1:
             raise UserError(f"--num-samples: must be >= 1, got {args.num_samples}")
         spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, num_samples=args.num_samples))
+    # On a cluster the pre-flight check looks for the data on every node instead of here.
+    on_cluster = bool(args.address or ray_address_from_env())
     for key, path in (("data.train", spec.data.train), ("data.val", spec.data.val)):
-        if "://" not in path and not Path(path).is_dir():
+        if not on_cluster and "://" not in path and not Path(path).is_dir():
             raise UserError(f"{spec.source}: {key}: data folder {path} does not exist "
                             "(for the sample: tuner data demo --out data/demo)")
     places = search_places(spec.name, tracking=args.tracking_uri, storage=args.storage)

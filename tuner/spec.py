@@ -68,6 +68,7 @@ class BudgetSpec:
     num_samples: int = 8
     max_concurrent: int = 2
     time_budget_s: Optional[float] = None
+    max_failures: int = 3  # retries of a trial whose process or node died, from its last checkpoint
 
 
 @dataclass(frozen=True)
@@ -350,13 +351,14 @@ def _parse_scheduler(ctx: _Context, raw: Any) -> SchedulerSpec:
 
 def _parse_budget(ctx: _Context, raw: Any) -> BudgetSpec:
     raw = ctx.mapping("budget", raw)
-    ctx.reject_unknown("budget", raw, {"num_samples", "max_concurrent", "time_budget_s"})
+    ctx.reject_unknown("budget", raw, {"num_samples", "max_concurrent", "time_budget_s", "max_failures"})
     samples = ctx.number("budget.num_samples", raw.get("num_samples", 8), integer=True, minimum=1)
     concurrent = ctx.number("budget.max_concurrent", raw.get("max_concurrent", 2), integer=True, minimum=1)
     time_budget = raw.get("time_budget_s")
     if time_budget is not None:
         time_budget = ctx.number("budget.time_budget_s", time_budget, above=0)
-    return BudgetSpec(samples, concurrent, time_budget)
+    failures = ctx.number("budget.max_failures", raw.get("max_failures", 3), integer=True, minimum=0)
+    return BudgetSpec(samples, concurrent, time_budget, failures)
 
 
 def _parse_resources(ctx: _Context, raw: Any) -> ResourceSpec:

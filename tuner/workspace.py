@@ -18,6 +18,7 @@ from tuner.tracking import default_tracking_uri
 
 TRACKING_ENV = "TUNER_TRACKING_URI"
 STORAGE_ENV = "TUNER_STORAGE"
+STATE_DIR_ENV = "TUNER_STATE_DIR"
 
 
 def tracking_uri(flag: Optional[str]) -> str:
@@ -37,8 +38,10 @@ def search_places(search: str, *, tracking: Optional[str], storage: Optional[str
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
         state_dir = Path(storage_path) / search / "tuner_state"
-    else:  # remote storage: small driver state stays local to the driver's working directory
-        state_dir = Path.cwd() / ".tuner" / search
+    else:
+        # Remote storage: the driver's small state (Optuna SQLite, MLflow run ids) lives on the driver's
+        # machine; $TUNER_STATE_DIR puts it somewhere durable (a job's working dir is a temporary copy).
+        state_dir = Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".tuner") / search
     uri = tracking_uri(tracking)
     artifact_root = Path.cwd() / "mlruns" if uri.startswith("sqlite:") else None
     return SearchPlaces(storage_path, uri, artifact_root, state_dir)
