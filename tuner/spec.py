@@ -144,7 +144,7 @@ def parse_spec(
     fixed = dict(ctx.mapping("fixed", raw.get("fixed", {})))
     fixed.update(overrides or {})
     _check_trial_keys(ctx, "fixed", fixed)
-    space = _parse_space(ctx, raw.get("space", {}))
+    space = _parse_space(ctx, raw.get("space", {}), base_dir)
     overlap = sorted(set(fixed) & {p.name for p in space})
     if overlap:
         ctx.fail(f"space.{overlap[0]}", "is also set in fixed; a key is either fixed or searched")
@@ -258,13 +258,33 @@ def _check_trial_keys(ctx: _Context, section: str, values: dict) -> None:
             ctx.fail(f"{section}.{key}", f"unknown trial setting; valid: {', '.join(sorted(allowed))}")
 
 
-def _parse_space(ctx: _Context, raw: Any) -> tuple[Param, ...]:
+def _parse_space(ctx: _Context, raw: Any, base_dir: Path) -> tuple[Param, ...]:
     raw = ctx.mapping("space", raw)
     _check_trial_keys(ctx, "space", raw)
     params: list[Param] = []
     for name, entry in raw.items():
+        if isinstance(entry, dict) and entry.get("choice") == "auto":
+            entry = {**entry, "choice": _auto_batch_sizes(ctx, str(name), base_dir)}
         params.append(_parse_param(ctx, str(name), entry, {p.name: p for p in params}))
     return tuple(params)
+
+
+def _auto_batch_sizes(ctx: _Context, name: str, base_dir: Path) -> list[int]:
+    """``batch_size: {choice: auto}``: the powers of two up to the largest batch that the probe
+    (``tuner diagnose batch-size SPEC``) found to fit every architecture/width of this spec."""
+    if name != "batch_size":
+        ctx.fail(f"space.{name}.choice", "'auto' is only for batch_size")
+    from tuner.diagnose.batch_size import load_probe, power_of_two_choices, probe_path
+
+    path = probe_path(base_dir / ctx.source)
+    try:
+        choices = power_of_two_choices(load_probe(path), minimum=16)
+    except UserError as err:
+        ctx.fail(f"space.{name}.choice", f"auto needs the probe {path.name} "
+                 f"(run: tuner diagnose batch-size {ctx.source}): {err}")
+    if not choices:
+        ctx.fail(f"space.{name}.choice", f"auto: the probe {path.name} found no batch size >= 16 that fits")
+    return choices
 
 
 def _parse_param(ctx: _Context, name: str, entry: Any, earlier: dict[str, Param]) -> Param:

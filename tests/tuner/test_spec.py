@@ -120,3 +120,23 @@ def test_cli_rejects_bad_data_folders(tmp_path, problem, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_size_auto_reads_the_probe_written_beside_the_spec(tmp_path):
+    import json
+
+    raw = base(tmp_path)
+    raw["space"]["batch_size"] = {"choice": "auto"}
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"space.batch_size.choice: auto needs the probe s.batch_size.json"):
+        load_spec(spec_file)
+    probe = {"format": "tuner.batch_size_probe/1", "source": "s.yaml", "created": "now", "device": "cpu",
+             "device_name": "cpu", "measure": "saved-tensors", "limit_bytes": 1, "margin": 0.1,
+             "usable_bytes": 1, "image_size": 32, "num_classes": 10, "optimizer": "sgd", "max_batch": 4096,
+             "results": [{"arch": "resnet18", "width": 1.0, "growth_rate": None, "max_batch_size": 300,
+                          "capped": False, "bytes_at_max": 1, "fixed_bytes": 1, "bytes_per_image": 1.0,
+                          "probes": [], "seconds": 1.0}]}
+    (tmp_path / "s.batch_size.json").write_text(json.dumps(probe))
+    spec = load_spec(spec_file)
+    assert [p.choices for p in spec.space if p.name == "batch_size"] == [(16, 32, 64, 128, 256)]
