@@ -39,6 +39,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from trainables.errors import TrialInputError
+
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"  # beside the split folders: ImageFolder would take it for a class inside one
@@ -46,7 +48,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = b"tuner.cache"  # Parquet schema metadata key holding the build metadata (JSON)
 
 
-class CacheError(ValueError):
+class CacheError(TrialInputError):
     """A cache file is missing, unreadable or inconsistent; the message names the file."""
 
 

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.errors import TrialInputError
+
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 2  # 2: RNG states as plain tensors (1 held pickled numpy state)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TrialInputError):
     """The checkpoint is missing, unreadable or unsafe; the message names the file."""
 
 

@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from trainables.errors import TrialInputError
 
-class ConfigError(ValueError):
+
+class ConfigError(TrialInputError):
     """A trial configuration value breaks a rule; the message names the key, the value and the rule."""
 
 

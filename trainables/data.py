@@ -25,12 +25,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from trainables.errors import TrialInputError
+
 log = logging.getLogger(__name__)
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-class DataError(ValueError):
+class DataError(TrialInputError):
     """The data folder breaks a rule (missing, empty class, mismatched classes); names the path."""
 
 

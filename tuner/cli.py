@@ -132,18 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuner", description="Hyperparameter search for image classifiers: Ray Tune + Optuna + MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    from tuner import cli_data, cli_diagnose
 
     data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
     demo = data.add_parser("demo", help="lay out the shipped CIFAR-10 sample like the competition")
     demo.add_argument("--out", required=True, help="target folder")
     demo.set_defaults(func=cmd_data_demo)
-    from tuner import cli_data  # download, stats, split, cache
+    cli_data.register(data)  # download, stats, split, cache
+    cli_diagnose.register_preview(data)  # preview-augment
+    _add_search_commands(sub)
+    _add_result_commands(sub)
+    cli_diagnose.register(sub)  # diagnose batch-size / lr-range / overfit
+    return parser
 
-    cli_data.register(data)
-    from tuner import cli_diagnose  # diagnose batch-size / lr-range / overfit, data preview-augment
 
-    cli_diagnose.register_preview(data)
-
+def _add_search_commands(sub) -> None:
     search = sub.add_parser("search", help="run a search from a spec YAML")
     search.add_argument("spec", help="search-space YAML (see search_spaces/)")
     search.add_argument("--name", help="search name (default: the spec's name)")
@@ -167,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("--storage", help="Ray storage path the search was started with")
     flush.set_defaults(func=cmd_flush)
 
+    train = sub.add_parser("train", help="run ONE trial without Ray, with progress bars")
+    train.add_argument("config", help="a trial config YAML, or a search spec (its fixed values)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--out", default="runs/train", help="folder for checkpoint and artifacts")
+    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    train.set_defaults(func=cmd_train)
+
+
+
+def _add_result_commands(sub) -> None:
     board = sub.add_parser("leaderboard", help="ranked trials of a search")
     board.add_argument("name")
     board.add_argument("--top", type=int, help="show only the best N")
@@ -203,16 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--key", required=True, help="CSV id,label")
     score.set_defaults(func=cmd_score)
 
-    train = sub.add_parser("train", help="run ONE trial without Ray, with progress bars")
-    train.add_argument("config", help="a trial config YAML, or a search spec (its fixed values)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument("--out", default="runs/train", help="folder for checkpoint and artifacts")
-    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    train.set_defaults(func=cmd_train)
-
-    cli_diagnose.register(sub)
-    return parser
-
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -222,13 +225,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     install_log_redaction()
     handler: Callable[[argparse.Namespace], int] = args.func
-    from trainables.checkpoint import CheckpointError
-    from trainables.config import ConfigError
-    from trainables.data import DataError
+    from trainables.errors import TrialInputError  # torch-free: `tuner data` starts fast
 
     try:
         return handler(args)
-    except (UserError, ConfigError, DataError, CheckpointError) as err:
+    except (UserError, TrialInputError) as err:
         print(f"tuner: error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
