@@ -39,7 +39,7 @@ import torch
 from trainables.artifacts import GALLERY_SIZE, write_figures, write_tables
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.engine import Diverged, EvalStats, TrainStats, evaluate, train_one_epoch
+from trainables.engine import Diverged, EvalStats, TrainStats, evaluate
 from trainables.trial_state import TrialState
 
 log = logging.getLogger(__name__)

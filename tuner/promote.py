@@ -188,7 +188,6 @@ def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: P
                name: str):
     """Logs the pyfunc into the trial's run without re-opening it (a FINISHED run stays FINISHED)."""
     import mlflow
-    from mlflow.models import Model
 
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)

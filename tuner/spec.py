@@ -6,19 +6,18 @@ Every error names the file, the key path and the rule, e.g.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from tuner.errors import UserError
+from tuner.spec_space import (  # noqa: F401  (Param and SpecError are part of this module's API)
+    DISTRIBUTIONS, Param, SpecContext, SpecError, _check_trial_keys, _parse_space,
+)
 from tuner.redact import redact
 from trainables.config import ConfigError, TrialConfig
 
-DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice", "grid")
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
 SCHEDULERS = ("asha", "median", "fifo")
 MODES = ("max", "min")
@@ -27,26 +26,6 @@ TOP_KEYS = {
     "resources", "points_to_evaluate", "storage", "tracking",
 }
 DATA_KEYS = {"train", "val", "test", "image_size"}
-# Keys of TrialConfig that the spec sets through `data:` and the driver, not through fixed/space.
-DATA_FIELDS = {"train_dir", "val_dir", "image_size"}
-
-
-class SpecError(UserError):
-    """A search spec breaks a rule; the message starts with ``file: key.path:``."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched parameter: a distribution and an optional condition on earlier choices."""
-
-    name: str
-    kind: str  # one of DISTRIBUTIONS
-    low: Optional[float] = None
-    high: Optional[float] = None
-    log: bool = False
-    step: Optional[float] = None
-    choices: tuple = ()
-    when: tuple[tuple[str, tuple], ...] = ()  # ((param, allowed values), ...): all must hold
 
 
 @dataclass(frozen=True)
@@ -133,7 +112,7 @@ def load_spec(path: str | Path, overrides: Optional[dict] = None) -> SearchSpec:
 def parse_spec(
     raw: Any, *, source: str, base_dir: Path = Path("."), overrides: Optional[dict] = None
 ) -> SearchSpec:
-    ctx = _Context(source)
+    ctx = SpecContext(source)
     if not isinstance(raw, dict):
         ctx.fail("", f"the file must hold a mapping of keys, got {type(raw).__name__}")
     ctx.reject_unknown("", raw, TOP_KEYS)
@@ -174,48 +153,13 @@ def parse_spec(
     return spec
 
 
-class _Context:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, rule: str):
-        where = f"{self.source}: {key}: " if key else f"{self.source}: "
-        raise SpecError(where + rule)
-
-    def mapping(self, key: str, value: Any) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
-        return value
-
-    def reject_unknown(self, key: str, value: dict, known: set[str]) -> None:
-        unknown = sorted(set(map(str, value)) - known)
-        if unknown:
-            prefix = f"{key}." if key else ""
-            self.fail(f"{prefix}{unknown[0]}", f"unknown key; valid keys: {', '.join(sorted(known))}")
-
-    def number(self, key: str, value: Any, *, integer: bool = False, minimum=None, above=None):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
-            self.fail(key, f"must be a finite number, got {value!r}")
-        if integer and int(value) != value:
-            self.fail(key, f"must be a whole number, got {value!r}")
-        if minimum is not None and value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value!r}")
-        if above is not None and value <= above:
-            self.fail(key, f"must be > {above}, got {value!r}")
-        return int(value) if integer else value
-
-
-def _optional_str(ctx: _Context, key: str, value: Any) -> Optional[str]:
+def _optional_str(ctx: SpecContext, key: str, value: Any) -> Optional[str]:
     if value is not None and not isinstance(value, str):
         ctx.fail(key, f"must be a string, got {value!r}")
     return value
 
 
-def _storage_url(ctx: _Context, value: Any) -> Optional[str]:
+def _storage_url(ctx: SpecContext, value: Any) -> Optional[str]:
     value = _optional_str(ctx, "storage", value)
     if value is not None and redact(value) != value:
         ctx.fail("storage", "holds a literal password; name a variable instead "
@@ -223,7 +167,7 @@ def _storage_url(ctx: _Context, value: Any) -> Optional[str]:
     return value
 
 
-def _parse_data(ctx: _Context, raw: Any, base_dir: Path) -> DataSpec:
+def _parse_data(ctx: SpecContext, raw: Any, base_dir: Path) -> DataSpec:
     raw = ctx.mapping("data", raw)
     ctx.reject_unknown("data", raw, DATA_KEYS)
     for key in ("train", "val"):
@@ -246,101 +190,7 @@ def _parse_data(ctx: _Context, raw: Any, base_dir: Path) -> DataSpec:
     return DataSpec(resolve(raw["train"]), resolve(raw["val"]), resolve(test), image_size)
 
 
-def _trial_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrialConfig)}
-
-
-def _check_trial_keys(ctx: _Context, section: str, values: dict) -> None:
-    allowed = _trial_fields() - DATA_FIELDS
-    for key in values:
-        base = str(key).split(".", 1)[0]
-        if base not in allowed:
-            ctx.fail(f"{section}.{key}", f"unknown trial setting; valid: {', '.join(sorted(allowed))}")
-
-
-def _parse_space(ctx: _Context, raw: Any, base_dir: Path) -> tuple[Param, ...]:
-    raw = ctx.mapping("space", raw)
-    _check_trial_keys(ctx, "space", raw)
-    params: list[Param] = []
-    for name, entry in raw.items():
-        if isinstance(entry, dict) and entry.get("choice") == "auto":
-            entry = {**entry, "choice": _auto_batch_sizes(ctx, str(name), base_dir)}
-        params.append(_parse_param(ctx, str(name), entry, {p.name: p for p in params}))
-    return tuple(params)
-
-
-def _auto_batch_sizes(ctx: _Context, name: str, base_dir: Path) -> list[int]:
-    """``batch_size: {choice: auto}``: the powers of two up to the largest batch that the probe
-    (``tuner diagnose batch-size SPEC``) found to fit every architecture/width of this spec."""
-    if name != "batch_size":
-        ctx.fail(f"space.{name}.choice", "'auto' is only for batch_size")
-    from tuner.diagnose.batch_size import load_probe, power_of_two_choices, probe_path
-
-    path = probe_path(base_dir / ctx.source)
-    try:
-        choices = power_of_two_choices(load_probe(path), minimum=16)
-    except UserError as err:
-        ctx.fail(f"space.{name}.choice", f"auto needs the probe {path.name} "
-                 f"(run: tuner diagnose batch-size {ctx.source}): {err}")
-    if not choices:
-        ctx.fail(f"space.{name}.choice", f"auto: the probe {path.name} found no batch size >= 16 that fits")
-    return choices
-
-
-def _parse_param(ctx: _Context, name: str, entry: Any, earlier: dict[str, Param]) -> Param:
-    key = f"space.{name}"
-    entry = ctx.mapping(key, entry)
-    kinds = [k for k in entry if k in DISTRIBUTIONS]
-    ctx.reject_unknown(key, entry, set(DISTRIBUTIONS) | {"when", "log", "step"})
-    if len(kinds) != 1:
-        ctx.fail(key, f"needs exactly one distribution of {', '.join(DISTRIBUTIONS)}, got {kinds or 'none'}")
-    kind = kinds[0]
-    value = entry[kind]
-    when = _parse_when(ctx, key, entry.get("when"), earlier)
-    if kind in ("choice", "grid"):
-        if not isinstance(value, list) or not value:
-            ctx.fail(f"{key}.{kind}", "must be a non-empty list of options")
-        if len({repr(v) for v in value}) != len(value):
-            ctx.fail(f"{key}.{kind}", f"lists an option twice: {value}")
-        return Param(name, kind, choices=tuple(value), when=when)
-    if not isinstance(value, list) or len(value) != 2:
-        ctx.fail(f"{key}.{kind}", f"must be [low, high], got {value!r}")
-    integer = kind == "int"
-    low = ctx.number(f"{key}.{kind}", value[0], integer=integer)
-    high = ctx.number(f"{key}.{kind}", value[1], integer=integer)
-    if kind == "loguniform" and low <= 0:
-        ctx.fail(f"{key}.{kind}", f"low must be > 0, got {low}")
-    if low >= high:
-        ctx.fail(f"{key}.{kind}", f"low must be < high, got [{low}, {high}]")
-    log = bool(entry.get("log", kind == "loguniform"))
-    if log and low <= 0:
-        ctx.fail(f"{key}.log", f"a log scale needs low > 0, got {low}")
-    step = entry.get("step")
-    if step is not None:
-        step = ctx.number(f"{key}.step", step, above=0)
-    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
-
-
-def _parse_when(ctx: _Context, key: str, raw: Any, earlier: dict[str, Param]):
-    if raw is None:
-        return ()
-    raw = ctx.mapping(f"{key}.when", raw)
-    conditions = []
-    for parent, allowed in raw.items():
-        if parent not in earlier:
-            names = ", ".join(earlier) or "none"
-            ctx.fail(f"{key}.when.{parent}", f"names no earlier choice parameter (earlier: {names})")
-        if earlier[parent].kind not in ("choice", "grid"):
-            ctx.fail(f"{key}.when.{parent}", "conditions may only name choice or grid parameters")
-        allowed = allowed if isinstance(allowed, list) else [allowed]
-        bad = [a for a in allowed if a not in earlier[parent].choices]
-        if bad:
-            ctx.fail(f"{key}.when.{parent}", f"{bad} is not among its options {list(earlier[parent].choices)}")
-        conditions.append((parent, tuple(allowed)))
-    return tuple(conditions)
-
-
-def _parse_sampler(ctx: _Context, raw: Any, space: tuple[Param, ...]) -> SamplerSpec:
+def _parse_sampler(ctx: SpecContext, raw: Any, space: tuple[Param, ...]) -> SamplerSpec:
     raw = ctx.mapping("sampler", raw)
     ctx.reject_unknown("sampler", raw, {"name", "seed", "options"})
     name = raw.get("name", "tpe")
@@ -358,7 +208,7 @@ def _parse_sampler(ctx: _Context, raw: Any, space: tuple[Param, ...]) -> Sampler
     return SamplerSpec(name, seed, dict(ctx.mapping("sampler.options", raw.get("options", {}))))
 
 
-def _parse_scheduler(ctx: _Context, raw: Any) -> SchedulerSpec:
+def _parse_scheduler(ctx: SpecContext, raw: Any) -> SchedulerSpec:
     raw = ctx.mapping("scheduler", raw)
     ctx.reject_unknown("scheduler", raw, {"name", "grace_period", "reduction_factor"})
     name = raw.get("name", "asha")
@@ -369,7 +219,7 @@ def _parse_scheduler(ctx: _Context, raw: Any) -> SchedulerSpec:
     return SchedulerSpec(name, grace, factor)
 
 
-def _parse_budget(ctx: _Context, raw: Any) -> BudgetSpec:
+def _parse_budget(ctx: SpecContext, raw: Any) -> BudgetSpec:
     raw = ctx.mapping("budget", raw)
     ctx.reject_unknown("budget", raw, {"num_samples", "max_concurrent", "time_budget_s", "max_failures"})
     samples = ctx.number("budget.num_samples", raw.get("num_samples", 8), integer=True, minimum=1)
@@ -381,7 +231,7 @@ def _parse_budget(ctx: _Context, raw: Any) -> BudgetSpec:
     return BudgetSpec(samples, concurrent, time_budget, failures)
 
 
-def _parse_resources(ctx: _Context, raw: Any) -> ResourceSpec:
+def _parse_resources(ctx: SpecContext, raw: Any) -> ResourceSpec:
     raw = ctx.mapping("resources", raw)
     ctx.reject_unknown("resources", raw, {"cpu", "gpu"})
     cpu = ctx.number("resources.cpu", raw.get("cpu", 1), minimum=0)
@@ -391,7 +241,7 @@ def _parse_resources(ctx: _Context, raw: Any) -> ResourceSpec:
     return ResourceSpec(cpu, gpu)
 
 
-def _parse_points(ctx: _Context, raw: Any, space: tuple[Param, ...]) -> tuple[dict, ...]:
+def _parse_points(ctx: SpecContext, raw: Any, space: tuple[Param, ...]) -> tuple[dict, ...]:
     if not isinstance(raw, list):
         ctx.fail("points_to_evaluate", "must be a list of {param: value} mappings")
     names = {p.name for p in space}
@@ -403,7 +253,7 @@ def _parse_points(ctx: _Context, raw: Any, space: tuple[Param, ...]) -> tuple[di
     return tuple(dict(p) for p in raw)
 
 
-def _check_example_trial(ctx: _Context, spec: SearchSpec) -> None:
+def _check_example_trial(ctx: SpecContext, spec: SearchSpec) -> None:
     """Builds TrialConfigs from the fixed values and each option of each choice, so that a bad fixed
     value or an unknown architecture name fails now, not in the first trial an hour from now."""
     base = spec.base_config()
@@ -416,7 +266,7 @@ def _check_example_trial(ctx: _Context, spec: SearchSpec) -> None:
                 _try_config(ctx, f"space.{param.name}", {**base, **context, param.name: option})
 
 
-def _try_config(ctx: _Context, key: str, values: dict) -> None:
+def _try_config(ctx: SpecContext, key: str, values: dict) -> None:
     try:
         TrialConfig.from_dict(values)
     except (ConfigError, ValueError) as err:
