@@ -81,3 +81,47 @@ def test_placeholders_are_the_documented_ones():
     readme = (ROOT / "README.md").read_text()
     for placeholder in PLACEHOLDERS:
         assert placeholder in readme, f"README does not say what {placeholder} is"
+
+
+# Ports that must never face the internet: MLflow, Ray's dashboard/job API, client, GCS, object
+# manager, dashboard agent and metrics.
+PRIVATE_PORTS = (5000, 8265, 10001, 6379, 8076, 52365, 8080)
+
+
+def test_nothing_but_ssh_is_open_to_the_internet(config):
+    # The rules Ray's AWS provider creates from this file (ray/autoscaler/_private/aws/config.py,
+    # _create_default_inbound_rules; importing it needs boto3): all traffic between the cluster's
+    # own nodes, SSH from anywhere, then provider.security_group.IpPermissions.
+    source = (Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py").read_text()
+    assert '"FromPort": 22,' in source and "intracluster_rules,\n        ssh_rules,\n        extended_rules," in source
+    ssh = {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    extra = config["provider"].get("security_group", {}).get("IpPermissions", [])
+    rules = [ssh, *extra]
+    for rule in rules:
+        public = [r for r in rule.get("IpRanges", []) if r.get("CidrIp") == "0.0.0.0/0"] + \
+                 [r for r in rule.get("Ipv6Ranges", []) if r.get("CidrIpv6") == "::/0"]
+        if not public:
+            continue
+        assert (rule["FromPort"], rule["ToPort"]) == (22, 22), rule
+        assert not any(rule["FromPort"] <= port <= rule["ToPort"] for port in PRIVATE_PORTS), rule
+
+
+def test_mlflow_asks_for_a_password_kept_out_of_the_file(config):
+    start = " ".join(config["head_start_ray_commands"])
+    server = re.search(r"mlflow server (.*?)(>|$)", start).group(1)
+    assert "--app-name basic-auth" in server
+    assert "MLFLOW_AUTH_CONFIG_PATH=/home/ray/tuner-state/mlflow/basic_auth.ini" in start
+    # Credentials come from the mounted env file, on the head only, never as literals.
+    assert config["file_mounts"]["/home/ray/.tuner/mlflow.env"] == "~/.tuner/mlflow.env"
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD" in start
+    code = [line for line in (ROOT / "cluster.yaml").read_text().splitlines()
+            if not line.lstrip().startswith("#")]
+    assert not any(re.search(r"PASSWORD=[^$\s]", line) for line in code)
+    assert "mlflow[auth]==" in (ROOT / "docker" / "Dockerfile").read_text()
+    # The drivers on the head (jobs inherit `ray start`'s environment) log in with the same file.
+    assert start.index(". /home/ray/.tuner/mlflow.env") < start.index("ray start --head")
+
+
+def test_ray_token_auth_stays_on_everywhere(config):
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert "RAY_AUTH_MODE=disabled" not in (ROOT / "cluster.yaml").read_text()
