@@ -37,9 +37,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import find_classes, make_dataset
 
 from trainables.errors import TrialInputError
+from trainables.image_files import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def cache_paths(image_dir: str | os.PathLike, size: int) -> CachePaths:
 def list_samples(image_dir: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
     """``(classes, [(path, class index)])`` exactly as torchvision's ImageFolder lists them."""
     classes, class_to_idx = find_classes(image_dir)
-    samples = make_dataset(str(image_dir), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = make_dataset(str(image_dir), class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
     return classes, samples
 
 

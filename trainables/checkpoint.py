@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from trainables.errors import TrialInputError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours its refusal message
 FORMAT_VERSION = 2  # 2: RNG states as plain tensors (1 held pickled numpy state)
 
 
@@ -79,9 +81,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"it references {found[1]}" if found else _ANSI.sub("", str(err).splitlines()[0])
         raise CheckpointError(
             f"{path}: refused, it needs pickled code to load (only tensors and plain data are "
-            f"accepted): {str(err).splitlines()[0]}"
+            f"accepted): {what}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from None

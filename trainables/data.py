@@ -23,9 +23,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
 from trainables.errors import TrialInputError
+from trainables.image_files import IMAGE_EXTENSIONS, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,8 @@ class RobustImageFolder(ImageFolder):
         if not root.is_dir():
             raise DataError(f"{root}: data folder does not exist")
         try:
-            super().__init__(str(root), transform=transform, loader=load_rgb_image, allow_empty=True)
+            super().__init__(str(root), transform=transform, loader=load_rgb_image,
+                             is_valid_file=is_image_file, allow_empty=True)
         except FileNotFoundError as err:
             raise DataError(f"{root}: {err}") from None
         if not self.classes:
@@ -99,7 +99,7 @@ class RobustImageFolder(ImageFolder):
         if empty:
             raise DataError(
                 f"{root}: class folder(s) {', '.join(empty)} hold no image "
-                f"(extensions {', '.join(IMG_EXTENSIONS)})"
+                f"(extensions {', '.join(IMAGE_EXTENSIONS)})"
             )
         self._warned: set[str] = set()
 

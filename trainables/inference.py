@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import CheckpointError, load_checkpoint
 from trainables.config import TrialConfig
 from trainables.models import build_model
 from trainables.transforms import build_eval_transform
@@ -48,19 +48,25 @@ def _shifted_crops(images: torch.Tensor) -> list[torch.Tensor]:
 
 def load_classifier(checkpoint: str | Path, device: str | torch.device = "cpu") -> Classifier:
     content = load_checkpoint(checkpoint, map_location=device)
-    config = TrialConfig.from_dict(content["config"])
-    class_to_idx: dict[str, int] = content["class_to_idx"]
-    model = build_model(
-        config.arch,
-        num_classes=len(class_to_idx),
-        image_size=config.image_size,
-        width=config.width,
-        growth_rate=config.growth_rate,
-    )
-    model.load_state_dict(content["model"])
+    try:
+        config = TrialConfig.from_dict(content["config"])
+        class_to_idx: dict[str, int] = content["class_to_idx"]
+        model = build_model(
+            config.arch,
+            num_classes=len(class_to_idx),
+            image_size=config.image_size,
+            width=config.width,
+            growth_rate=config.growth_rate,
+        )
+        model.load_state_dict(content["model"])
+        names = [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+        norm = content["normalisation"]
+        eval_crop = float(config.aug.get("eval_crop", 1.0))
+        transform = build_eval_transform(config.image_size, norm["mean"], norm["std"], eval_crop)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        # A safe file that is not a complete tuner checkpoint: one clear line, not a traceback.
+        raise CheckpointError(
+            f"{checkpoint}: not a usable model checkpoint ({type(err).__name__}: {err})"
+        ) from None
     model.to(device).eval()
-    names = [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-    norm = content["normalisation"]
-    eval_crop = float(config.aug.get("eval_crop", 1.0))
-    transform = build_eval_transform(config.image_size, norm["mean"], norm["std"], eval_crop)
     return Classifier(model, names, transform, config)

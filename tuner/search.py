@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ from tuner.redact import redact
 from tuner.spec import SearchSpec, load_spec
 from tuner.resume import save_definition
 from tuner.tracking import MlflowTracking
-from tuner.workspace import search_places
+from tuner.workspace import TRACKING_ENV, search_places
 
 
 def search_params(spec: SearchSpec) -> dict:
@@ -91,7 +92,8 @@ def run_from_cli(args) -> int:
         if not on_cluster and "://" not in path and not Path(path).is_dir():
             raise UserError(f"{spec.source}: {key}: data folder {path} does not exist "
                             "(for the sample: tuner data demo --out data/demo)")
-    places = search_places(spec.name, tracking=args.tracking_uri, storage=args.storage)
+    tracking_flag = args.tracking_uri or os.environ.get(TRACKING_ENV) or spec.tracking
+    places = search_places(spec.name, tracking=tracking_flag, storage=args.storage)
     ensure_new_search(places, spec.name)
     preflight_search(spec, places, address=args.address)  # one clear line before any trial
     save_definition(places, spec, spec_text=Path(args.spec).read_text(), start_dir=Path.cwd(),

@@ -78,7 +78,8 @@ class SearchSpec:
     budget: BudgetSpec = BudgetSpec()
     resources: ResourceSpec = ResourceSpec()
     points_to_evaluate: tuple[dict, ...] = ()
-    storage: Optional[str] = None
+    storage: Optional[str] = None  # Optuna study URL; default: SQLite beside the results
+    tracking: Optional[str] = None  # MLflow tracking URI; --tracking-uri and $TUNER_TRACKING_URI win
 
     @property
     def epochs(self) -> int:
@@ -148,6 +149,7 @@ def parse_spec(
         resources=_parse_resources(ctx, raw.get("resources", {})),
         points_to_evaluate=_parse_points(ctx, raw.get("points_to_evaluate", []), space),
         storage=_storage_url(ctx, raw.get("storage")),
+        tracking=_tracking_uri(ctx, raw.get("tracking")),
     )
     _check_example_trial(ctx, spec)
     return spec
@@ -164,6 +166,14 @@ def _storage_url(ctx: SpecContext, value: Any) -> Optional[str]:
     if value is not None and redact(value) != value:
         ctx.fail("storage", "holds a literal password; name a variable instead "
                  "(postgresql://user:${PGPASS}@host/db) or use PGPASSWORD / ~/.pgpass")
+    return value
+
+
+def _tracking_uri(ctx: SpecContext, value: Any) -> Optional[str]:
+    value = _optional_str(ctx, "tracking", value)
+    if value is not None and redact(value) != value:
+        ctx.fail("tracking", "holds a literal credential; use MLFLOW_TRACKING_USERNAME / "
+                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference")
     return value
 
 
@@ -246,8 +256,9 @@ def _parse_points(ctx: SpecContext, raw: Any, space: tuple[Param, ...]) -> tuple
         ctx.fail("points_to_evaluate", "must be a list of {param: value} mappings")
     names = {p.name for p in space}
     for i, point in enumerate(raw):
-        point = ctx.mapping(f"points_to_evaluate[{i}]", point)
-        unknown = sorted(set(point) - names)
+        if not isinstance(point, dict) or not point:
+            ctx.fail(f"points_to_evaluate[{i}]", f"must be a non-empty {{param: value}} mapping, got {point!r}")
+        unknown = sorted(set(map(str, point)) - names)
         if unknown:
             ctx.fail(f"points_to_evaluate[{i}].{unknown[0]}", "is not a searched parameter")
     return tuple(dict(p) for p in raw)

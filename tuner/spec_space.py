@@ -29,6 +29,7 @@ class SpecContext:
         self.source = source
 
     def fail(self, key: str, rule: str):
+        key = key if key.isprintable() else repr(key)[1:-1]  # a newline in a YAML key stays one line
         where = f"{self.source}: {key}: " if key else f"{self.source}: "
         raise SpecError(where + rule)
 

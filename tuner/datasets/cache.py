@@ -41,9 +41,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
+from trainables.image_files import IMAGE_EXTENSIONS
 from trainables.cache import (
     FORMAT_VERSION,
     METADATA_KEY,
@@ -103,7 +103,7 @@ def _subdirs(folder: Path) -> list[Path]:
 def _is_image_folder(folder: Path) -> bool:
     for class_dir in _subdirs(folder):
         with os.scandir(class_dir) as entries:
-            if any(e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS) for e in entries):
+            if any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in entries):
                 return True
     return False
 

@@ -1,0 +1,451 @@
+"""A table of bad inputs, one parametrized test per kind of input: each case says what it yields.
+
+Images (generated here) are either decoded as upright RGB by ``load_rgb_image`` or raise, and
+``RobustImageFolder`` turns a raise into ``None`` (a counted skip). Competition JSON, search specs
+and checkpoints end in their module's error naming the key (or a counted skip); SSRF targets are
+refused before any socket connects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from tests.tuner.datasets.loopback_server import (
+    bomb_png,
+    cmyk_jpeg,
+    encode,
+    exif_rotated_jpeg,
+    gif,
+    jpeg,
+    photo,
+    png_rgba,
+)
+from trainables.checkpoint import CheckpointError, load_checkpoint
+from trainables.data import RobustImageFolder, collate_skipping_bad, load_rgb_image
+from tuner.datasets.competition import CompetitionDataError, load_competition_json
+from tuner.datasets.netguard import BlockedURL, check_url
+from tuner.spec import SpecError, load_spec, parse_spec
+
+# --------------------------------------------------------------------------------------------
+# Images: (file name, bytes factory, expected). Expected is ("rgb", (width, height)) or ("raises",).
+
+
+def _png16() -> bytes:
+    # 16-bit grey ramp; the loader must scale by 65535, not clip at 255 (top-left 0, bottom-right max)
+    ramp = np.linspace(0, 65535, 48 * 24).reshape(24, 48).astype(np.uint16)
+    return encode(Image.fromarray(ramp), "PNG")
+
+
+def _grey() -> bytes:
+    return encode(photo(30, 20, 5).convert("L"), "JPEG")
+
+
+def _webp() -> bytes:
+    return encode(photo(36, 28, 6), "WEBP")
+
+
+def _palette_png() -> bytes:
+    return encode(photo(26, 22, 7).convert("P", palette=Image.Palette.ADAPTIVE), "PNG")
+
+
+def _truncated_png() -> bytes:
+    data = encode(photo(64, 64, 8), "PNG")
+    return data[: len(data) // 2]
+
+
+IMAGE_CASES: dict[str, tuple[str, Callable[[], bytes], tuple]] = {
+    "truncated_jpeg": ("cut.jpg", lambda: jpeg(80, 60, 1)[:700], ("raises",)),
+    "truncated_png": ("cut.png", _truncated_png, ("raises",)),
+    "zero_bytes": ("empty.jpg", lambda: b"", ("raises",)),
+    "html_named_jpg": ("page.jpg", lambda: b"<html><body>Image removed</body></html>", ("raises",)),
+    "text_named_png": ("notes.png", lambda: b"just some text\n" * 20, ("raises",)),
+    "bomb_400_megapixels": ("bomb.png", lambda: bomb_png(20_000), ("raises",)),
+    # 100 MP: above Pillow's warning limit (~89 MP), below its error limit: the loader promotes it.
+    "bomb_100_megapixels": ("bomb100.png", lambda: bomb_png(10_000), ("raises",)),
+    "cmyk_jpeg": ("cmyk.jpg", lambda: cmyk_jpeg(40, 30, 2), ("rgb", (40, 30))),
+    "png_16bit": ("deep.png", _png16, ("rgb", (48, 24))),
+    "palette_gif": ("palette.gif", lambda: gif(50, 40, 3), ("rgb", (50, 40))),
+    "palette_png": ("palette.png", _palette_png, ("rgb", (26, 22))),
+    "webp_named_jpg": ("webp.jpg", _webp, ("rgb", (36, 28))),
+    "exif_rotated_jpeg": ("phone.jpg", lambda: exif_rotated_jpeg(40, 20, 4), ("rgb", (20, 40))),
+    "one_by_one": ("dot.png", lambda: encode(Image.new("RGB", (1, 1), (9, 8, 7)), "PNG"), ("rgb", (1, 1))),
+    "rgba_png": ("alpha.png", lambda: png_rgba(32, 24, 5), ("rgb", (32, 24))),
+    "grayscale_jpeg": ("grey.jpg", _grey, ("rgb", (30, 20))),
+}
+
+
+def _write_case(tmp_path: Path, case: str) -> Path:
+    name, make, _ = IMAGE_CASES[case]
+    path = tmp_path / "tree" / "cls" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(make())
+    return path
+
+
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+def test_image_loader(case: str, tmp_path: Path) -> None:
+    path = _write_case(tmp_path, case)
+    expected = IMAGE_CASES[case][2]
+    if expected[0] == "raises":
+        with pytest.raises(Exception):
+            load_rgb_image(path)
+        return
+    image = load_rgb_image(path)
+    assert (image.mode, image.size) == ("RGB", expected[1])
+    pixels = np.asarray(image)
+    if case == "png_16bit":  # scaled by the 16-bit range: full black .. full white, not clipped
+        assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[-1, -1].tolist() == [255, 255, 255]
+        assert 100 < pixels[12, 24, 0] < 155  # mid ramp stays mid grey
+    if case == "rgba_png":  # the transparent corner (alpha 0) is composited on white
+        assert pixels[0, 0].min() > 235
+    if case == "grayscale_jpeg":
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+# Every case, .gif included (torchvision's own list has none; trainables.image_files adds it).
+_FOLDER_CASES = list(IMAGE_CASES)
+
+
+@pytest.mark.parametrize("case", _FOLDER_CASES)
+def test_image_folder(case: str, tmp_path: Path) -> None:
+    path = _write_case(tmp_path, case)
+    # A second, good image: the folder is valid whatever the case's file does.
+    (path.parent / "good.jpg").write_bytes(jpeg(16, 16, 9))
+    dataset = RobustImageFolder(path.parent.parent, transform=pil_to_tensor)
+    assert str(path) in dataset.paths, f"{path.name} is not listed by the folder"
+    index = dataset.paths.index(str(path))
+    item = dataset[index]
+    batch = collate_skipping_bad([(item, index)])
+    if IMAGE_CASES[case][2][0] == "raises":
+        assert item is None and batch.skipped == 1 and batch.images.numel() == 0
+    else:
+        width, height = IMAGE_CASES[case][2][1]
+        assert item[1] == 0 and batch.skipped == 0
+        assert tuple(batch.images.shape) == (1, 3, height, width)  # RGB, upright
+
+
+# --------------------------------------------------------------------------------------------
+# Competition JSON: (file content, expected). Expected is ("error", substrings) or
+# ("skip", image_id, reason substring) or ("accepted", warning substring).
+
+_GOOD = {"url": ["http://img.example.com/1.jpg"], "image_id": 1}
+
+
+def _one(image_id: Any) -> dict:
+    return {"images": [{"url": ["http://a/b.jpg"], "image_id": image_id}]}
+
+
+COMPETITION_CASES: dict[str, tuple[Any, tuple]] = {
+    "not_json": ('{"images": [', ("error", ["not valid JSON", "line 1"])),
+    "top_level_list": ([_GOOD], ("error", ["top level must be a JSON object"])),
+    "missing_images": ({"annotations": []}, ("error", ["'images'"])),
+    "string_url": (
+        {"images": [{"url": "http://img.example.com/1.jpg", "image_id": 1}]},
+        ("accepted", "plain string"),
+    ),
+    "empty_url_list": ({"images": [{"url": [], "image_id": 3}]}, ("skip", 3, "no URL")),
+    "file_url": (
+        {"images": [{"url": ["file:///etc/passwd"], "image_id": 4}]},
+        ("skip", 4, "unsupported URL scheme 'file'"),
+    ),
+    "duplicate_ids": ({"images": [_GOOD, _GOOD]}, ("error", ["images[1].image_id", "duplicate id 1"])),
+    "string_id": (
+        _one("7"),
+        ("error", ["images[0].image_id", "positive integer", "'7'"]),
+    ),
+    "float_id": (_one(1.5), ("error", ["images[0].image_id"])),
+    "bool_id": (_one(True), ("error", ["images[0].image_id"])),
+    "zero_id": (_one(0), ("error", ["images[0].image_id"])),
+    "path_traversal_id": (
+        _one("../../etc/passwd"),
+        ("error", ["images[0].image_id", "../../etc/passwd"]),
+    ),
+    "negative_label": (
+        {"images": [_GOOD], "annotations": [{"image_id": 1, "label_id": -3}]},
+        ("error", ["annotations[0].label_id", "non-negative"]),
+    ),
+    "traversal_label": (
+        {"images": [_GOOD], "annotations": [{"image_id": 1, "label_id": "../x"}]},
+        ("error", ["annotations[0].label_id"]),
+    ),
+    "annotation_unknown_image": (
+        {"images": [_GOOD], "annotations": [{"image_id": 99, "label_id": 2}]},
+        ("error", ["annotations[0].image_id", "unknown image 99"]),
+    ),
+    "url_not_string": ({"images": [{"url": [42], "image_id": 1}]}, ("error", ["images[0].url[0]"])),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPETITION_CASES))
+def test_competition_json(case: str, tmp_path: Path) -> None:
+    content, expected = COMPETITION_CASES[case]
+    path = tmp_path / "train.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    if expected[0] == "error":
+        with pytest.raises(CompetitionDataError) as info:
+            load_competition_json(path)
+        message = str(info.value)
+        assert message.startswith("train.json: ") and "\n" not in message
+        for part in expected[1]:
+            assert part in message
+        return
+    index = load_competition_json(path)
+    if expected[0] == "skip":
+        assert index.items == []
+        assert len(index.skipped) == 1 and index.skipped[0][0] == expected[1]
+        assert expected[2] in index.skipped[0][1]
+        assert any("1 image(s) skipped" in w for w in index.warnings)
+    else:
+        assert [item.urls for item in index.items] == [("http://img.example.com/1.jpg",)]
+        assert any(expected[1] in w for w in index.warnings)
+
+
+# --------------------------------------------------------------------------------------------
+# Search specs: (change to a valid spec, substrings of the SpecError message).
+
+SECRET = "hunter2-s3cret"
+
+
+def _valid_spec(tmp_path: Path) -> dict:
+    return {
+        "name": "t",
+        "data": {"train": str(tmp_path / "train"), "val": str(tmp_path / "val"), "image_size": 32},
+        "fixed": {"epochs": 1, "arch": "resnet18"},
+        "space": {"lr": {"loguniform": [0.001, 0.1]}, "batch_size": {"choice": [32, 64]}},
+    }
+
+
+SPEC_CASES: dict[str, tuple[Callable[[dict], Any], list[str]]] = {
+    "unknown_top_level_key": (lambda r: r.update(colour="red"), ["s.yaml: colour: unknown key"]),
+    "low_equals_high": (
+        lambda r: r["space"].update(lr={"uniform": [0.1, 0.1]}),
+        ["s.yaml: space.lr.uniform: low must be < high"],
+    ),
+    "low_above_high": (
+        lambda r: r["space"].update(lr={"uniform": [0.5, 0.1]}),
+        ["s.yaml: space.lr.uniform: low must be < high"],
+    ),
+    "empty_choice": (lambda r: r["space"].update(batch_size={"choice": []}), ["space.batch_size.choice"]),
+    "unknown_arch": (lambda r: r["fixed"].update(arch="vgg99"), ["s.yaml: fixed: arch:", "vgg99"]),
+    "unknown_arch_in_choice": (
+        lambda r: r["space"].update(arch={"choice": ["resnet18", "vgg99"]}) or r["fixed"].pop("arch"),
+        ["s.yaml: space.arch:", "vgg99"],
+    ),
+    "unknown_optimizer": (lambda r: r["fixed"].update(optimizer="rmsprop"), ["fixed: optimizer:", "rmsprop"]),
+    "mode_maximise": (lambda r: r.update(mode="maximise"), ["s.yaml: mode: must be one of max, min"]),
+    "nan_bound": (lambda r: r["space"].update(lr={"uniform": [float("nan"), 1]}), ["space.lr.uniform"]),
+    "name_with_path": (lambda r: r.update(name="../../etc"), ["s.yaml: name:"]),
+    "literal_password_in_storage": (
+        lambda r: r.update(storage=f"postgresql://tuner:{SECRET}@db.internal/optuna"),
+        ["s.yaml: storage: holds a literal password"],
+    ),
+    "token_in_storage_query": (
+        lambda r: r.update(storage=f"postgresql://db.internal/optuna?password={SECRET}"),
+        ["s.yaml: storage: holds a literal password"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SPEC_CASES))
+def test_spec(case: str, tmp_path: Path) -> None:
+    raw = _valid_spec(tmp_path)
+    parse_spec(raw, source="s.yaml")  # the base is valid: the change alone is refused
+    change, parts = SPEC_CASES[case]
+    change(raw)
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, source="s.yaml")
+    message = str(info.value)
+    for part in parts:
+        assert part in message
+    assert SECRET not in message
+
+
+def test_spec_literal_password_in_tracking(tmp_path: Path) -> None:
+    raw = _valid_spec(tmp_path)
+    raw["tracking"] = f"http://tuner:{SECRET}@mlflow.internal:5000"
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, source="s.yaml")
+    assert str(info.value).startswith("s.yaml: tracking: ") and SECRET not in str(info.value)
+
+
+def test_spec_key_with_control_characters_stays_one_line(tmp_path: Path) -> None:
+    raw = _valid_spec(tmp_path)
+    raw["bad\nkey\x1b[31m"] = 1
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, source="s.yaml")
+    message = str(info.value)
+    assert "unknown key" in message
+    assert message.isprintable(), repr(message)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("name: t\nspace: {lr: [1, 2\n", "line 3"),
+        ("name: t\n  fixed: 1\n bad", "line 2"),
+        ("name: t\ndata: {train: x\tval: y}\n", "line 2"),
+    ],
+    ids=["unclosed_bracket", "bad_indent", "tab_in_flow"],
+)
+def test_spec_malformed_yaml(text: str, where: str, tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith("broken.yaml: malformed YAML") and where in message
+    assert "\n" not in message
+    # A valid YAML of the wrong shape is the parser's error, not a crash
+    path.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(SpecError, match="must hold a mapping"):
+        load_spec(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: what torch.load(weights_only=True) must refuse.
+
+
+class Payload:
+    """A class defined here: unpickling it needs this module's code."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+
+def _pwned(path: str) -> None:  # would run during an unsafe unpickle
+    Path(path).write_text("code ran")
+
+
+class Exploit:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (_pwned, (self.path,))
+
+
+def _ckpt_custom_class(path: Path) -> None:
+    torch.save({"model": {}, "extra": Payload()}, path)
+
+
+def _ckpt_reduce_exploit(path: Path) -> None:
+    torch.save({"model": {}, "x": Exploit(path.with_name("ran.txt"))}, path)
+
+
+def _ckpt_numpy_object(path: Path) -> None:
+    torch.save({"model": {}, "rng": np.random.get_state()}, path)  # format-1 style pickled numpy
+
+
+CHECKPOINT_CASES: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "custom_class": (_ckpt_custom_class, ["refused", "pickled code"]),
+    "reduce_exploit": (_ckpt_reduce_exploit, ["refused", "pickled code"]),
+    "numpy_object": (_ckpt_numpy_object, ["refused"]),
+    "zero_bytes": (lambda p: p.write_bytes(b""), ["unreadable checkpoint"]),
+    "random_bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), ["checkpoint"]),
+    "truncated_zip": (
+        lambda p: (torch.save({"model": {"w": torch.ones(100)}}, p), p.write_bytes(p.read_bytes()[:300])),
+        ["unreadable checkpoint"],
+    ),
+    "not_a_tuner_checkpoint": (lambda p: torch.save({"w": torch.ones(2)}, p), ["no 'model' entry"]),
+    "plain_list": (lambda p: torch.save([1, 2, 3], p), ["no 'model' entry"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_checkpoint(case: str, tmp_path: Path) -> None:
+    make, parts = CHECKPOINT_CASES[case]
+    path = tmp_path / "checkpoint.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    for part in parts:
+        assert part in message
+    assert not (tmp_path / "ran.txt").exists()  # nothing from the file was executed
+
+
+# --------------------------------------------------------------------------------------------
+# SSRF: every one refused before a socket connects.
+
+SSRF_CASES: dict[str, tuple[str, str]] = {
+    "loopback_v4": ("http://127.0.0.1/", "loopback"),
+    "loopback_other": ("http://127.8.9.10:8080/x", "loopback"),
+    "rfc1918_10": ("http://10.0.0.1/", "private"),
+    "rfc1918_172": ("http://172.16.0.1/", "private"),
+    "rfc1918_192": ("http://192.168.1.1/", "private"),
+    "cgnat": ("http://100.64.0.1/", "private"),
+    "metadata_v4": ("http://169.254.169.254/latest/meta-data/", "metadata"),
+    "metadata_alibaba": ("http://100.100.100.200/latest/meta-data/", "metadata"),
+    "link_local": ("http://169.254.1.1/", "link-local"),
+    "unspecified": ("http://0.0.0.0/", "unspecified"),
+    "loopback_v6": ("http://[::1]/", "loopback"),
+    "metadata_v6": ("http://[fd00:ec2::254]/", "metadata"),
+    "mapped_v6_private": ("http://[::ffff:10.0.0.1]/", "private"),
+    "ula_v6": ("http://[fd12:3456::1]/", "private"),
+    "file_scheme": ("file:///etc/passwd", "scheme 'file'"),
+    "ftp_scheme": ("ftp://x/y", "scheme 'ftp'"),
+    "gopher_scheme": ("gopher://x", "scheme 'gopher'"),
+    "no_scheme": ("//example.com/x", "scheme '(none)'"),
+    "no_host": ("http:///x", "no host"),
+    "bad_port": ("http://example.com:99999/", "malformed URL"),
+    "localhost_name": ("http://localhost/", "loopback"),
+}
+
+
+@pytest.mark.parametrize("case", list(SSRF_CASES))
+def test_ssrf_refused(case: str, sockets: Any) -> None:
+    url, reason = SSRF_CASES[case]
+    with pytest.raises(BlockedURL) as info:
+        check_url(url, allow_loopback=False)
+    assert reason in str(info.value)
+    assert sockets.connects == []
+
+
+def test_metadata_stays_refused_when_private_and_loopback_allowed(sockets: Any) -> None:
+    for url in ("http://169.254.169.254/", "http://[fd00:ec2::254]/", "http://[::ffff:169.254.169.254]/"):
+        with pytest.raises(BlockedURL, match="metadata"):
+            check_url(url, allow_loopback=True, allow_private=True)
+    assert check_url("http://127.0.0.1:1/", allow_loopback=True) == ["127.0.0.1"]
+    assert sockets.connects == []
+
+
+def test_checkpoint_refusal_names_the_global(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    _ckpt_custom_class(path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "tests.security.test_corpus.Payload" in message
+    assert "\x1b" not in message and "\n" not in message
+
+
+# Safe to unpickle but not a usable model: `tuner predict` must still answer with one line.
+INCOMPLETE_CHECKPOINTS: dict[str, dict] = {
+    "model_only": {"model": {}},
+    "config_not_a_dict": {"model": {}, "config": "resnet18", "class_to_idx": {"a": 0},
+                          "normalisation": {"mean": [0.5] * 3, "std": [0.2] * 3}},
+}
+
+
+@pytest.mark.parametrize("case", list(INCOMPLETE_CHECKPOINTS))
+def test_predict_refuses_incomplete_checkpoint(case: str, tmp_path: Path) -> None:
+    from tuner.errors import UserError
+    from tuner.predict import predict
+
+    images = tmp_path / "test"
+    images.mkdir()
+    (images / "1.jpg").write_bytes(jpeg(32, 32, 1))
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save(INCOMPLETE_CHECKPOINTS[case], checkpoint)
+    with pytest.raises(UserError, match=str(checkpoint)):
+        predict(str(checkpoint), images, tmp_path / "out.csv", progress=False)
