@@ -19,6 +19,14 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_torch() -> None:
+    """Import torch and torchvision once up front: on a fresh checkout their gigabytes of libraries
+    come off a cold disk, and the first tests (multi-node Ray trials with deadlines) should not pay."""
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")

@@ -54,7 +54,8 @@ def test_gpu_shares_bound_concurrency_and_each_trial_sees_its_own_device(
                          "gpu-shares",
                          *search_args(ray_cluster, tmp_path, spec, "gpu-shares", with_address=False))
     on_gpu_node, on_cpu_node = [], []
-    deadline = time.monotonic() + 300
+    # Generous: on a fresh checkout the first trial processes load torch from a cold disk cache.
+    deadline = time.monotonic() + 900
     while search.poll() is None and time.monotonic() < deadline:
         on_gpu_node.append(frozenset(gpu_node.trial_pids()))
         on_cpu_node.extend(cpu_node.trial_pids())
