@@ -25,13 +25,18 @@ import time
 from pathlib import Path
 
 import optuna
+from ray import tune
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tuner.datasets.demo import unpack_demo_data  # noqa: E402
-from tuner.driver import SearchPlaces, build_tuner, start_ray  # noqa: E402
-from tuner.search import make_tracking  # noqa: E402
+from tuner.cluster.connect import start_ray  # noqa: E402
+from tuner.places import SearchPlaces  # noqa: E402
+from tuner.search.driver import build_tuner  # noqa: E402
+from tuner.search.command import make_tracking  # noqa: E402
+from tuner.search.searcher import TruthfulOptunaSearch  # noqa: E402
+from tuner.search.space import define_by_run  # noqa: E402
 from tuner.spec import parse_spec  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.runner import run_trial  # noqa: E402
@@ -70,7 +75,7 @@ def ray_method(method: str, data: Path, seed: int, work: Path) -> list[tuple[flo
     places = SearchPlaces(str(work / "runs"), f"sqlite:///{work / 'mlflow.db'}", work / "mlruns",
                           work / "runs" / spec.name / "tuner_state")
     start = time.time()
-    results = build_tuner(spec, places, make_tracking(spec, places, None)).fit()
+    results = build_tuner(spec, places, make_tracking(spec, places, None, ROOT)).fit()
     events = []
     for result in results:
         frame = result.metrics_dataframe
@@ -131,11 +136,6 @@ def median(values):
 
 def scheduling_overhead(work: Path, trials: int = 200) -> dict:
     """Driver wall time per trial for a trainable that reports once and returns."""
-    from ray import tune
-
-    from tuner.driver import TruthfulOptunaSearch
-    from tuner.space import define_by_run
-
     spec = parse_spec({"name": "overhead", "data": {"train": str(work), "val": str(work)},
                        "space": {"lr": {"loguniform": [1e-4, 1.0]}}}, source="overhead.yaml")
 
@@ -151,7 +151,7 @@ def scheduling_overhead(work: Path, trials: int = 200) -> dict:
     ):
         places = SearchPlaces(str(work / "overhead"), f"sqlite:///{work / 'overhead.db'}", work / "mlruns",
                               work / "overhead" / label[:4])
-        callbacks = [make_tracking(spec, places, None)] if searcher else []
+        callbacks = [make_tracking(spec, places, None, ROOT)] if searcher else []
         tuner = tune.Tuner(
             trivial,
             param_space={} if searcher else {"lr": tune.loguniform(1e-4, 1.0)},

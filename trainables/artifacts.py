@@ -16,6 +16,9 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
+
 from trainables.data import load_rgb_image
 from trainables.engine import EvalStats
 
@@ -66,8 +69,6 @@ def write_figures(directory: Path, *, class_names: Sequence[str], stats: EvalSta
 
 
 def confusion_figure(stats: EvalStats, class_names: Sequence[str]):
-    from matplotlib.figure import Figure
-
     counts = stats.confusion.double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)  # each row: where class i went
     n = len(class_names)
@@ -99,9 +100,6 @@ def mistakes_figure(stats: EvalStats, class_names: Sequence[str], val_paths: Seq
 
     One mosaic in one axes (36 sub-axes take seconds to lay out; this takes a fraction of one).
     """
-    import numpy as np
-    from matplotlib.figure import Figure
-
     shown = stats.mistakes[:GALLERY_SIZE]
     columns = 6
     rows = max(1, math.ceil(len(shown) / columns))

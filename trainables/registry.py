@@ -38,7 +38,10 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable value from YAML (a list, a mapping) names no entry
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

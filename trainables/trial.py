@@ -16,7 +16,7 @@ from trainables.runner import run_trial
 
 def tune_trainable(config: dict) -> None:
     """Entry point that Ray Tune runs once per trial, with the sampled and fixed values in ``config``."""
-    from ray import tune
+    from ray import tune  # the adapter alone needs Ray; importing this module must not (GPU checks)
 
     trial_config = TrialConfig.from_dict(config)
     first_report = True

@@ -1,8 +1,7 @@
 """``tuner train CONFIG``: one trial without Ray, with progress bars, to debug a configuration.
 
-CONFIG is a flat YAML of TrialConfig keys, or a search spec (its data and fixed values are used, and
-each searched parameter takes its first option or the middle of its range, on a log scale if log;
-a conditional parameter only when its condition holds). ``--set key=value`` overrides any of them.
+CONFIG is a flat YAML of TrialConfig keys, or a search spec (``tuner.spec.trial_file`` says how
+each is read). ``--set key=value`` overrides any of them.
 The run writes ``OUT/checkpoint/`` (checkpoint.pt + artifacts/), ``OUT/metrics.jsonl`` (one line per
 epoch) and ``OUT/config.json``; ``--resume`` continues from ``OUT/checkpoint``.
 """
@@ -10,64 +9,26 @@ epoch) and ``OUT/config.json``; ``--resume`` continues from ``OUT/checkpoint``.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from tuner.errors import UserError
-from tuner.spec import TOP_KEYS, Param, load_spec
+from tuner.spec.trial_file import config_from_file
 from trainables.checkpoint import CHECKPOINT_FILE
-from trainables.config import TrialConfig
 from trainables.runner import run_trial
 
 
-def representative_value(param: Param):
-    if param.choices:
-        return param.choices[0]
-    if param.log:
-        value = math.sqrt(param.low * param.high)
-    else:
-        value = (param.low + param.high) / 2
-    return int(round(value)) if param.kind == "int" else value
-
-
-def config_from_file(path: Path, overrides: dict) -> TrialConfig:
-    if not path.is_file():
-        raise UserError(f"{path}: config file does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path.name}: malformed YAML: {str(err).splitlines()[0]}") from None
-    if isinstance(raw, dict) and "space" in raw and set(raw) <= TOP_KEYS:
-        spec = load_spec(path)  # overrides may name searched keys too
-        values = {**spec.base_config(), **overrides}
-        for param in spec.space:  # in order: a `when` only names earlier parameters
-            active = all(values.get(name) in allowed for name, allowed in param.when)
-            if param.name not in overrides and active:
-                values[param.name] = representative_value(param)
-        return TrialConfig.from_dict(values)
-    if not isinstance(raw, dict):
-        raise UserError(f"{path.name}: must hold a mapping of trial settings")
-    values = {**raw, **overrides}
-    for key in ("train_dir", "val_dir"):
-        if key in values and not Path(values[key]).is_absolute():
-            values[key] = str((path.parent / values[key]).resolve())
-    return TrialConfig.from_dict(values)
-
-
-def train_from_cli(args) -> int:
-    from tuner.cli import parse_assignments
-
-    config = config_from_file(Path(args.config), parse_assignments(args.set))
-    out = Path(args.out)
+def train_one(config_file: Path, *, overrides: dict, out: Path, resume: bool = False) -> None:
+    """Runs one trial of CONFIG (a trial config or a search spec) in the foreground, writing into
+    ``out``; ``resume`` continues from ``out``'s checkpoint."""
+    config = config_from_file(config_file, overrides)
+    out = Path(out)
     checkpoint_dir = out / "checkpoint"
     has_checkpoint = (checkpoint_dir / CHECKPOINT_FILE).is_file()
-    if args.resume and not has_checkpoint:
+    if resume and not has_checkpoint:
         raise UserError(f"--resume: no checkpoint in {checkpoint_dir}")
-    if has_checkpoint and not args.resume:
+    if has_checkpoint and not resume:
         raise UserError(f"--out {out}: holds a checkpoint already; add --resume to continue it, "
                         "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -85,12 +46,11 @@ def train_from_cli(args) -> int:
             handle.write(json.dumps(metrics) + "\n")
         print(describe_epoch(metrics), flush=True)
 
-    outcome = run_trial(config, report=report, resume_from=checkpoint_dir if args.resume else None,
+    outcome = run_trial(config, report=report, resume_from=checkpoint_dir if resume else None,
                         progress=True)
     tags = "".join(f"; {k}={v}" for k, v in outcome.tags.items())
     print(f"trial {outcome.status} after {outcome.epochs_done} epoch(s){tags}; checkpoint and "
           f"artifacts in {checkpoint_dir}, metrics in {history}")
-    return 0
 
 
 def describe_epoch(metrics: dict) -> str:

@@ -17,7 +17,8 @@ import torch
 
 from tests.cluster.conftest import NODES
 from tests.cluster.harness import no_ray_env, python_without_the_package, tuner_command, write_spec
-from tuner import cluster
+from tuner.cluster import preflight as cluster
+from tuner.cluster.connect import ray_address_from_env
 from tuner.errors import UserError
 from tuner.spec import ResourceSpec
 
@@ -74,7 +75,7 @@ def test_ray_client_address_needs_the_client_or_a_listener():
 ])
 def test_ray_address_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("RAY_ADDRESS", value)
-    assert cluster.ray_address_from_env() == expected
+    assert ray_address_from_env() == expected
 
 
 @pytest.mark.parametrize("address", [None, "local", "auto"])

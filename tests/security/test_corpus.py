@@ -440,7 +440,7 @@ INCOMPLETE_CHECKPOINTS: dict[str, dict] = {
 @pytest.mark.parametrize("case", list(INCOMPLETE_CHECKPOINTS))
 def test_predict_refuses_incomplete_checkpoint(case: str, tmp_path: Path) -> None:
     from tuner.errors import UserError
-    from tuner.predict import predict
+    from tuner.lastmile.predict import predict
 
     images = tmp_path / "test"
     images.mkdir()

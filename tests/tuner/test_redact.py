@@ -55,8 +55,8 @@ def test_a_spec_with_a_literal_password_is_refused(tmp_path):
 
 
 def test_a_tracking_uri_with_a_literal_password_is_refused():
-    from tuner.workspace import tracking_uri
+    from tuner.places import resolve_tracking_uri
 
     with pytest.raises(UserError, match="holds a literal credential") as err:
-        tracking_uri("http://alice:hunter2@mlflow:5000")
+        resolve_tracking_uri("http://alice:hunter2@mlflow:5000")
     assert "hunter2" not in str(err.value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tuner.driver import optuna_outcome
-from tuner.space import build_sampler, define_by_run, grid_points
+from tuner.search.searcher import optuna_outcome
+from tuner.search.samplers import build_sampler
+from tuner.search.space import define_by_run, grid_points
 from tuner.spec import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,7 +34,9 @@ CONDITIONAL = {
 
 
 def run_study(spec, n: int) -> list[dict]:
-    study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
+    sampler = build_sampler(spec.sampler.name, space=spec.space, seed=spec.sampler.seed,
+                            options=spec.sampler.options, max_concurrent=spec.budget.max_concurrent)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     space = define_by_run(spec.space)
     for i in range(n):
         trial = study.ask()

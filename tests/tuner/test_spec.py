@@ -54,7 +54,7 @@ def test_a_valid_spec_parses_with_defaults(tmp_path):
          "s.yaml: space.width.when.arch: names no earlier choice parameter"),
         (lambda r: r.update(mode="maximise"), "s.yaml: mode: must be one of max, min"),
         (lambda r: r.update(space={}, sampler={"name": "grid"}) or r["space"].update(lr={"uniform": [0.1, 0.2]}),
-         "s.yaml: sampler.name: grid needs only choice/grid parameters"),
+         "s.yaml: space.lr.uniform: the grid sampler cannot search a uniform parameter"),
         (lambda r: r.update(sampler={"name": "annealing"}), "s.yaml: sampler.name: must be one of"),
         (lambda r: r.update(scheduler={"name": "asha", "reduction_factor": 1}), "s.yaml: scheduler.reduction_factor: must be >= 2"),
         (lambda r: r.update(budget={"num_samples": 0}), "s.yaml: budget.num_samples: must be >= 1"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tuner.datasets.stats import channel_stats, default_stats_path, save_stats
 from tuner.errors import UserError
 
 PACKED_SAMPLE = "cifar10_sample.parquet"
@@ -60,19 +61,5 @@ def _write_if_changed(target: Path, data: bytes) -> None:
 
 def _write_stats(out: Path) -> None:
     """Channel mean/std of the training images, at their native 32 px (3,000 images: one process)."""
-    from tuner.datasets.stats import channel_stats, default_stats_path, save_stats
-
     stats = channel_stats(out / "train", resize=None, workers=1, progress=False)
     save_stats(stats, default_stats_path(out / "train"))
-
-
-def score_submission(submission: str | Path, answer_key: str | Path) -> tuple[float, int]:
-    """Top-1 accuracy of an ``id,predicted`` CSV against an ``id,label`` key: (accuracy, rows scored)."""
-    with open(answer_key, newline="") as handle:
-        truth = {row["id"]: row["label"] for row in csv.DictReader(handle)}
-    with open(submission, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or set(rows[0]) != {"id", "predicted"}:
-        raise UserError(f"{submission}: expected the columns id,predicted")
-    hits = sum(truth.get(row["id"]) == row["predicted"] for row in rows)
-    return hits / max(len(truth), 1), len(rows)

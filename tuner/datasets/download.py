@@ -228,7 +228,7 @@ def _parse_rewrite(rewrite_host: str | None) -> tuple[str, str] | None:
 def _exclusive_lock(out: Path) -> Iterator[None]:
     """Hold an advisory lock so that two runs never share ``.part`` files."""
     try:
-        import fcntl
+        import fcntl  # POSIX only: a missing module means no locking
     except ImportError:  # non-POSIX: no locking, single run assumed
         yield
         return

@@ -27,15 +27,19 @@ from typing import Callable, Optional
 
 import torch
 
+from rich.console import Console
+from rich.table import Table
+from tuner.diagnose.common import load_config, load_spec_if_any
+from tuner.diagnose.tracking import DiagnosticRecord
 from tuner.diagnose.memory import (GiB, ProbeSettings, format_bytes, is_out_of_memory,
                                    measure_cuda_peak, measure_saved_tensors, parse_memory_size, release)
 from tuner.errors import UserError
+from tuner.spec.batch_probe import PROBE_FORMAT, probe_path
 from trainables.config import ConfigError, TrialConfig
 from trainables.data import RobustImageFolder
 from trainables.models import MODELS, build_model
 from trainables.optim import build_optimizer
 
-PROBE_FORMAT = "tuner.batch_size_probe/1"
 DEFAULT_CPU_BUDGET = 2 * GiB
 DEFAULT_MARGIN = 0.10  # fraction of the limit kept free: allocator slack, data loading, other tensors
 DEFAULT_MAX_BATCH = 4096
@@ -270,12 +274,6 @@ def _worst_optimizer(config: TrialConfig, spec) -> str:
 
 
 # --- the probe file -------------------------------------------------------------------------------
-def probe_path(config_path: str | Path) -> Path:
-    """Where the probe of ``search_spaces/x.yaml`` is written: ``search_spaces/x.batch_size.json``."""
-    path = Path(config_path)
-    return path.with_name(path.stem + ".batch_size.json")
-
-
 def probe_document(settings: ProbeSettings, results: list[CandidateResult], source: str) -> dict:
     device = settings.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -297,38 +295,6 @@ def probe_document(settings: ProbeSettings, results: list[CandidateResult], sour
     }
 
 
-def load_probe(path: str | Path) -> dict:
-    """Reads a probe JSON written by ``tuner diagnose batch-size`` (checks its format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no batch-size probe; run `tuner diagnose batch-size` on the spec first")
-    try:
-        probe = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not a batch-size probe (malformed JSON: {err.msg})") from None
-    if not isinstance(probe, dict) or probe.get("format") != PROBE_FORMAT or not probe.get("results"):
-        raise UserError(f"{path}: not a batch-size probe (format must be {PROBE_FORMAT!r} with results)")
-    return probe
-
-
-def max_batch_size(probe: dict, *, arch: Optional[str] = None, width: Optional[float] = None) -> int:
-    """The largest batch that fits every probed candidate matching ``arch``/``width`` (None: any)."""
-    sizes = [
-        r["max_batch_size"] for r in probe["results"]
-        if (arch is None or r["arch"] == arch) and (width is None or float(r["width"]) == float(width))
-    ]
-    if not sizes:
-        raise UserError(f"batch-size probe has no entry for arch={arch} width={width}; probe it first")
-    return min(sizes)
-
-
-def power_of_two_choices(probe: dict, *, arch=None, width=None, minimum: int = 16) -> list[int]:
-    """Powers of two from ``minimum`` up to the probed maximum: ``batch_size: {choice: auto}``."""
-    top = max_batch_size(probe, arch=arch, width=width)
-    choices = [2**k for k in range(0, top.bit_length()) if minimum <= 2**k <= top]
-    return choices or [top]
-
-
 # --- the command ----------------------------------------------------------------------------------
 @dataclass
 class BatchSizeReport:
@@ -343,8 +309,6 @@ def diagnose_batch_size(
     max_batch: int = DEFAULT_MAX_BATCH, out: Optional[Path] = None, progress=None,
 ) -> BatchSizeReport:
     """Probes every candidate of CONFIG and writes the probe JSON (beside CONFIG unless ``out``)."""
-    from tuner.diagnose.common import load_config, load_spec_if_any
-
     overrides = dict(overrides or {})
     config = load_config(config_path, overrides)
     spec = load_spec_if_any(config_path, overrides)
@@ -372,9 +336,6 @@ def diagnose_batch_size(
 
 
 def render_table(document: dict) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
     title = (
         f"largest batch per architecture on {document['device']} ({document['measure']}: "
         f"{format_bytes(document['usable_bytes'])} usable of {format_bytes(document['limit_bytes'])}, "
@@ -397,8 +358,6 @@ def render_table(document: dict) -> str:
 
 
 def tracking_record(report: BatchSizeReport, source: str):
-    from tuner.diagnose.tracking import DiagnosticRecord
-
     document = report.document
     params = {k: document[k] for k in ("device", "device_name", "measure", "limit_bytes", "margin",
                                        "image_size", "num_classes", "optimizer", "max_batch")}

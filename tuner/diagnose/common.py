@@ -6,33 +6,22 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import yaml
 from torch.utils.data import Dataset
 
 from tuner.errors import UserError
-from tuner.spec import TOP_KEYS, SearchSpec, load_spec
+from tuner.spec.model import SearchSpec
+from tuner.spec.trial_file import config_from_file, spec_if_any
 from trainables.config import TrialConfig
 
 
 def load_config(path: str | Path, overrides: Optional[dict] = None) -> TrialConfig:
     """CONFIG is a trial-config YAML or a search spec (its fixed values, first/middle of the space)."""
-    from tuner.train import config_from_file
-
-    return config_from_file(Path(path), dict(overrides or {}))
+    return config_from_file(path, overrides)
 
 
 def load_spec_if_any(path: str | Path, overrides: Optional[dict] = None) -> Optional[SearchSpec]:
     """The search spec in ``path``, or None when the file is a plain trial config."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # load_config has already said what is wrong with the file
-    if isinstance(raw, dict) and "space" in raw and set(raw) <= TOP_KEYS:
-        searched = {p for p in (raw.get("space") or {})}
-        fixed = {k: v for k, v in (overrides or {}).items() if k not in searched}
-        return load_spec(path, fixed)
-    return None
+    return spec_if_any(path, overrides)
 
 
 def subset_indices(total: int, count: int, *, seed: int, flag: str, where: str) -> list[int]:

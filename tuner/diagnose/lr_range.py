@@ -34,6 +34,10 @@ from typing import Iterator, Optional
 import numpy as np
 from torch.utils.data import Subset
 
+import yaml
+from tuner.diagnose.plots import plot_lr_range
+from tuner.diagnose.tracking import DiagnosticRecord
+from tuner.spec.load import load_spec
 from tuner.diagnose.common import load_config, subset_indices
 from tuner.errors import UserError
 from trainables.config import TrialConfig
@@ -242,8 +246,6 @@ def diagnose_lr_range(
                                         full_train_size=full)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from tuner.diagnose.plots import plot_lr_range
-
     report.plot = str(plot_lr_range(report, out_dir / "lr_range.png"))
     summary = out_dir / "lr_range.json"
     report.files = [report.plot, str(summary)]
@@ -293,10 +295,6 @@ def write_spec_lr(spec_path: str | Path, low: float, high: float) -> str:
     The rest of the file (comments, order, style) is left byte for byte. The result is validated with
     ``load_spec`` before it replaces the file; an invalid result leaves the file untouched.
     """
-    import yaml
-
-    from tuner.spec import load_spec
-
     path = Path(spec_path)
     load_spec(path)  # the spec must be valid before we touch it
     text = path.read_text()
@@ -370,8 +368,6 @@ def render(report: LrRangeReport) -> str:
 
 
 def tracking_record(report: LrRangeReport, source: str):
-    from tuner.diagnose.tracking import DiagnosticRecord
-
     config = report.config
     record = DiagnosticRecord(
         "lr-range", f"lr-range {config['arch']} w{config['width']:g} {config['optimizer']}",

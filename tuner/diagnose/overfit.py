@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
+from tuner.diagnose.plots import plot_overfit
+from tuner.diagnose.tracking import DiagnosticRecord
 from tuner.diagnose.common import decode, load_config, subset_indices
 from tuner.errors import UserError
 from trainables.config import TrialConfig
@@ -222,8 +224,6 @@ def diagnose_overfit(
 
 
 def _write(result: OverfitResult, out_dir: Path) -> None:
-    from tuner.diagnose.plots import plot_overfit
-
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_overfit(result, out_dir / "overfit.png")
     summary = out_dir / "overfit.json"
@@ -249,8 +249,6 @@ def render(result: OverfitResult) -> str:
 
 
 def tracking_record(result: OverfitResult, source: str):
-    from tuner.diagnose.tracking import DiagnosticRecord
-
     return DiagnosticRecord(
         "overfit", f"overfit {result.label}",
         params={"config": result.label, "samples": result.samples, "target_accuracy": result.target_accuracy,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # pyplot's backend must be chosen before pyplot is first imported
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend: no GUI on a headless node
 
     return plt
 

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from tuner.diagnose.tracking import DiagnosticRecord
 from tuner.errors import UserError
 from trainables.data import RobustImageFolder, load_rgb_image
 from trainables.transforms import AUGMENTATIONS, build_eval_transform, build_train_transform
@@ -139,8 +140,6 @@ def preview_augment(
 
 
 def tracking_record(result: PreviewResult, *, data_dir: str, preset: str, params: dict):
-    from tuner.diagnose.tracking import DiagnosticRecord
-
     return DiagnosticRecord(
         "preview-augment", f"preview-augment {preset}",
         params={"data_dir": data_dir, "preset": preset, "images": result.draws.shape[0],

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tuner.redact import expand_env
+from tuner.tracking.tags import KIND_TAG
+
 EXPERIMENT = "diagnostics"
-KIND_TAG, DIAGNOSTIC_TAG = "tuner.kind", "tuner.diagnostic"
+DIAGNOSTIC_TAG = "tuner.diagnostic"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (characters)
 BATCH = 100  # MLflow takes at most 100 params (1000 metrics) per log_batch
 
@@ -48,10 +51,11 @@ def log_diagnostic(tracking_uri: Optional[str], record: DiagnosticRecord) -> Opt
     """Writes ``record`` as a finished run; returns its run id (None when no URI was given)."""
     if not tracking_uri:
         return None
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag  # mlflow: only with --tracking-uri
+    from mlflow.tracking import MlflowClient  # mlflow: only with --tracking-uri
 
-    client = MlflowClient(tracking_uri)
+    # ${VAR} references are filled in here only, as everywhere a client opens the URI.
+    client = MlflowClient(expand_env(tracking_uri, what="tracking URI"))
     run = client.create_run(
         _experiment_id(client, tracking_uri),
         run_name=record.run_name,

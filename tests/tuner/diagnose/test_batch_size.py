@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tuner.cli import main
-from tuner.diagnose.batch_size import (BudgetTooSmall, diagnose_batch_size, largest_fitting,
-                                       load_probe, max_batch_size, power_of_two_choices, probe_path)
+from tuner.diagnose.batch_size import BudgetTooSmall, diagnose_batch_size, largest_fitting
+from tuner.spec.batch_probe import load_probe, max_batch_size, power_of_two_choices, probe_path
 from tuner.diagnose.memory import ProbeSettings, measure_saved_tensors, parse_memory_size
 from tuner.errors import UserError
 from trainables.models import build_model

@@ -205,7 +205,7 @@ def team_search(tracking_server, demo_data, tmp_path_factory) -> TeamSearch:
     assert search.returncode == 0, output[-4000:]
     unsent = pending_writes(state_dir)
     if unsent:  # the search ended before the server was back: what `tuner resume` would send
-        from tuner.tracking_buffer import replay
+        from tuner.tracking.buffer import replay
 
         assert not replay(tracking_uri=tracking_server.uri, state_dir=state_dir, search_name=SEARCH)
     return TeamSearch(work, SEARCH, tracking_server, search.returncode, output, pending, unsent)
@@ -236,7 +236,7 @@ def real_trials(ray_dir: Path) -> list:
 
 
 def make_tracking(tracking_uri: str, state_dir: Path, spec_file: Optional[Path] = None):
-    from tuner.tracking import MlflowTracking
+    from tuner.tracking.callback import MlflowTracking
 
     return MlflowTracking(
         tracking_uri=tracking_uri, search_name=SEARCH, state_dir=state_dir,

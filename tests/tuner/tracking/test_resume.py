@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from tests.tuner.tracking.conftest import (
     SEARCH, drive, free_port, make_tracking, pending_writes, ray_results, real_trials,
 )
-from tuner.tracking_buffer import replay
+from tuner.tracking.buffer import replay
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_unreachable_store_warns_with_every_unsent_write_then_replays(team_searc
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     state_dir = tmp_path / "tuner_state"
     trials, results = real_trials(team_search.ray_dir), ray_results(team_search.ray_dir)
-    with caplog.at_level(logging.WARNING, logger="tuner.tracking_buffer"):
+    with caplog.at_level(logging.WARNING, logger="tuner.tracking.buffer"):
         drive(make_tracking(dead, state_dir, team_search.work / "team.yaml"), trials, results)
     unsent = pending_writes(state_dir)
     # setup: experiment + parent + spec; per trial: create, running tag+status, 1 per epoch,

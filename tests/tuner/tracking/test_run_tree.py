@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.tuner.tracking.conftest import SPEC, pending_writes, ray_results
-from tuner.tracking import METRIC_NAMES, TRIAL_STATUSES
-from tuner.tracking_lineage import dataset_fingerprint
+from tuner.tracking.tags import METRIC_NAMES, TRIAL_STATUSES
+from tuner.tracking.lineage import dataset_fingerprint
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import skip_or_fail
 from tests.tuner.tracking.conftest import assert_user_error, free_port, run_cli, wait_for
-from tuner.ui import VIEW_KEY, VIEW_TAG
+from tuner.tracking.ui import VIEW_KEY, VIEW_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ and duplicates runs after a restore. ``MlflowTracking`` is a Ray Tune callback t
   checkpoint carries in ``artifacts/`` (resolved config, per-class accuracy, confusion matrix, error
   gallery: see ``trainables.artifacts``) as run artifacts.
 
-Every write goes through ``tuner.tracking_buffer.TrackingWriter``: written ahead to the search's state
+Every write goes through ``tuner.tracking.buffer.TrackingWriter``: written ahead to the search's state
 folder, so a tracking server that goes away costs nothing but delay. Run ids live in the same folder,
 so ``tuner resume`` (a fresh callback, same folder) continues the same runs, and an epoch reported
 again after a restore is not logged twice.
@@ -30,26 +30,22 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from tuner.tracking_buffer import SEARCH_TARGET, STATE_FILE, TrackingWriter, fail_fast_http, metric_row
-from tuner.tracking_lineage import checkpoint_uri, dataset_fingerprint, lineage_tags, stage_artifacts
-from tuner.tracking_tags import (
-    BEST_TRIAL_TAG, CHECKPOINT_TAG, EXPERIMENT_KIND_TAG, KIND_TAG, METRIC_NAMES, PARENT_TAG,
+from trainables.status import COMPLETED, EARLY_STOPPED, FAILED, RUNNING, SELF_ENDED
+
+from tuner.redact import expand_env
+from tuner.tracking.buffer import SEARCH_TARGET, TrackingWriter, metric_row
+from tuner.tracking.store import fail_fast_http
+from tuner.tracking.lineage import checkpoint_uri, dataset_fingerprint, stage_artifacts
+from tuner.tracking.ui import VIEW_TAG, leaderboard_view
+from tuner.tracking.tags import (
+    BEST_TRIAL_TAG, CHECKPOINT_TAG, EXPERIMENT_KIND_TAG, KIND_TAG, METRIC_NAMES,
     SEARCH_TAG, SEARCHED_TAG, STATUS_TAG, TRIAL_STATUSES, TRIAL_TAG, UID_TAG,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MlflowTracking", "METRIC_NAMES", "TRIAL_STATUSES", "STATE_FILE", "KIND_TAG", "STATUS_TAG",
-    "SEARCH_TAG", "TRIAL_TAG", "CHECKPOINT_TAG", "PARENT_TAG", "default_tracking_uri",
-]
-
 FINAL_STATUSES = TRIAL_STATUSES[1:]
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
-
-
-def default_tracking_uri(root: Path) -> str:
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 def trial_status(result: Optional[dict], *, errored: bool) -> str:
@@ -59,11 +55,11 @@ def trial_status(result: Optional[dict], *, errored: bool) -> str:
     still saying ``running`` means something outside the trial (the scheduler) stopped it.
     """
     if errored:
-        return "failed"
+        return FAILED
     status = (result or {}).get("status")
-    if status in ("completed", "converged", "diverged"):
+    if status in SELF_ENDED:
         return status
-    return "early_stopped"
+    return EARLY_STOPPED
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -115,8 +111,6 @@ class MlflowTracking(Callback):
         metric: str = "val_acc",
         mode: str = "max",
     ) -> None:
-        from tuner.redact import expand_env
-
         expand_env(tracking_uri, what="tracking URI")  # an unset ${VAR} fails here, before Ray starts
         self.tracking_uri = tracking_uri  # as given: pickled with the experiment, so never expanded
         self.search_name = search_name
@@ -154,16 +148,15 @@ class MlflowTracking(Callback):
             self.state["search_uid"] = uuid.uuid4().hex
             writer.save_state()
         self._record_experiment()
-        self.search_tags = lineage_tags(self.search_tags)
         if self.state.get("parent_recorded"):
-            writer.record({"op": "log", "target": SEARCH_TARGET, "tags": {STATUS_TAG: "running"}})
+            writer.record({"op": "log", "target": SEARCH_TARGET, "tags": {STATUS_TAG: RUNNING}})
             writer.record({"op": "status", "target": SEARCH_TARGET, "status": "RUNNING"})
             return
         self.state["parent_recorded"] = True
         writer.save_state()
         writer.record({
             "op": "create_run", "target": SEARCH_TARGET, "run_name": f"search {self.search_name}",
-            "tags": {KIND_TAG: "search", SEARCH_TAG: self.search_name, STATUS_TAG: "running",
+            "tags": {KIND_TAG: "search", SEARCH_TAG: self.search_name, STATUS_TAG: RUNNING,
                      UID_TAG: self.state["search_uid"], **self.search_tags},
             "params": param_values(self.search_params),
         })
@@ -175,8 +168,6 @@ class MlflowTracking(Callback):
                            "files": [Path(self.spec_file).name]})
 
     def _record_experiment(self) -> None:
-        from tuner.ui import VIEW_TAG, leaderboard_view
-
         location = (Path(self.artifact_root) / self.search_name).resolve().as_uri() \
             if self.artifact_root else None
         searched = sorted(self.search_params.get("space", {}))
@@ -193,13 +184,13 @@ class MlflowTracking(Callback):
             return entry
         entry = self.state["trials"].setdefault(trial.trial_id, {})
         entry.update(recorded=True, best=entry.get("best"), last_step=entry.get("last_step", 0),
-                     status="running")
+                     status=RUNNING)
         self.writer.save_state()
         config = dict(trial.config)
         searched = sorted(k for k in self.search_params.get("space", {}) if k in config)
         tags = {
             KIND_TAG: "trial", SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id,
-            UID_TAG: self.state["search_uid"], STATUS_TAG: "running", SEARCHED_TAG: ",".join(searched),
+            UID_TAG: self.state["search_uid"], STATUS_TAG: RUNNING, SEARCHED_TAG: ",".join(searched),
             **({"tuner.finetune": "head-only"} if config.get("finetune") == "head" else {}),
             **self._fingerprint(config), **self.search_tags,
         }
@@ -215,10 +206,10 @@ class MlflowTracking(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         entry = self._ensure_child(trial)
-        if entry.get("status") != "running":  # restarted after a failure or a restore
-            entry["status"] = "running"
+        if entry.get("status") != RUNNING:  # restarted after a failure or a restore
+            entry["status"] = RUNNING
             self.writer.save_state()
-        self.writer.record({"op": "log", "target": trial.trial_id, "tags": {STATUS_TAG: "running"}})
+        self.writer.record({"op": "log", "target": trial.trial_id, "tags": {STATUS_TAG: RUNNING}})
         self.writer.record({"op": "status", "target": trial.trial_id, "status": "RUNNING"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -264,7 +255,7 @@ class MlflowTracking(Callback):
         self.writer.record({"op": "log", "target": trial.trial_id, "tags": tags})
         self._record_artifacts(trial)
         self.writer.record({"op": "status", "target": trial.trial_id,
-                            "status": "FAILED" if status == "failed" else "FINISHED"})
+                            "status": "FAILED" if status == FAILED else "FINISHED"})
 
     def _record_artifacts(self, trial) -> None:
         """The evaluation files of the trial's latest checkpoint (the final one when it ended
@@ -285,7 +276,7 @@ class MlflowTracking(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         for trial in trials:  # trials Ray finished without telling us (none expected)
             entry = self.state["trials"].get(trial.trial_id)
-            if entry and entry.get("status") == "running" and trial.status in ("TERMINATED", "ERROR"):
+            if entry and entry.get("status") == RUNNING and trial.status in ("TERMINATED", "ERROR"):
                 self._finish_trial(trial, errored=trial.status == "ERROR")
         if self.state.get("parent_recorded"):
             self.writer.record({"op": "log", "target": SEARCH_TARGET, **self._summary()})
@@ -301,7 +292,7 @@ class MlflowTracking(Callback):
                 counts[entry["status"]] += 1
         now = int(time.time() * 1000)
         metrics = [metric_row(f"trials_{status}", n, now, 0) for status, n in counts.items()]
-        tags = {STATUS_TAG: "completed"}
+        tags = {STATUS_TAG: COMPLETED}
         scored = {tid: e["best"] for tid, e in entries.items() if e.get("best") is not None}
         if scored:
             pick = max if self.mode == "max" else min

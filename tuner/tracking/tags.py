@@ -1,14 +1,16 @@
 """Names that are an interface between the tracking callback, the leaderboard, promote and the UI.
 
-Kept apart from ``tuner.tracking`` so that readers of MLflow (``tuner leaderboard``, ``promote``,
-``ui``) do not import Ray.
+Kept apart from ``tuner.tracking.callback`` so that readers of MLflow (``tuner leaderboard``,
+``promote``, ``ui``) do not import Ray. Trial statuses are the trainable's vocabulary
+(``trainables.status``), re-exported here for readers of the ``tuner.status`` tag.
 """
+
+from trainables.status import TRIAL_STATUSES  # noqa: F401  (re-exported: the tag's values)
 
 METRIC_NAMES = (
     "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "epoch",
     "epoch_time_s", "images_per_s", "skipped_images",
 )
-TRIAL_STATUSES = ("running", "completed", "early_stopped", "converged", "diverged", "failed")
 
 KIND_TAG = "tuner.kind"  # "search" (the parent run) or "trial"
 SEARCH_TAG = "tuner.search"

@@ -1,4 +1,4 @@
-"""Compiles a SearchSpec's parameters into an Optuna define-by-run function and builds its sampler.
+"""Compiles a SearchSpec's parameters into an Optuna define-by-run function, and enumerates grids.
 
 The function only calls ``trial.suggest_*``: a parameter whose ``when`` condition does not hold is
 never suggested, so Optuna sees truly conditional spaces (width exists only for resnets).
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import optuna
 
-from tuner.spec import Param, SearchSpec
+from tuner.spec.space import Param
 
 
 def condition_holds(param: Param, chosen: dict[str, Any]) -> bool:
@@ -57,33 +57,6 @@ def grid_points(params: tuple[Param, ...]) -> list[dict[str, Any]]:
         points = grown
     unique = {tuple(sorted(p.items(), key=lambda kv: kv[0])): p for p in points}
     return list(unique.values())
-
-
-def build_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    name, seed, options = spec.sampler.name, spec.sampler.seed, spec.sampler.options
-    if name == "tpe":
-        conditional = any(p.when for p in spec.space)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            multivariate=options.get("multivariate", True),
-            group=options.get("group", conditional),  # group=True handles conditional subspaces
-            constant_liar=options.get("constant_liar", spec.budget.max_concurrent > 1),
-            n_startup_trials=options.get("n_startup_trials", 10),
-        )
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, **options)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, **options)
-    if name == "grid":
-        if any(p.when for p in spec.space):
-            # GridSampler needs every parameter in every trial; a conditional grid's points are
-            # enqueued by the driver instead (grid_points), in order, and sampled no further.
-            return optuna.samplers.RandomSampler(seed=seed)
-        product = {p.name: list(p.choices) for p in spec.space}
-        return optuna.samplers.GridSampler(product, seed=seed)
-    raise ValueError(f"sampler {name!r} is not supported")
 
 
 def grid_size(params: tuple[Param, ...]) -> int:

@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tuner.errors import UserError
-from tuner.tracking_tags import EXPERIMENT_KIND_TAG, KIND_TAG, STATUS_TAG
+from tuner.redact import redact
+from tuner.tracking.store import open_client, tracking_errors
+from tuner.tracking.leaderboard import find_search, searched_params
+from tuner.tracking.tags import EXPERIMENT_KIND_TAG, KIND_TAG, STATUS_TAG
 
 VIEW_KEY = "tuner-leaderboard"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
@@ -59,8 +62,6 @@ def experiment_path(experiment_id: Optional[str]) -> str:
 
 def install_view(client, search: str) -> str:
     """(Re)writes the leaderboard view on the search's experiment; returns the experiment id."""
-    from tuner.leaderboard import find_search, searched_params
-
     experiment, parent = find_search(client, search)
     view = leaderboard_view(parent.data.params.get("metric", "val_acc"),
                             parent.data.params.get("mode", "max"), searched_params(parent))
@@ -116,9 +117,6 @@ def wait_until_up(process: subprocess.Popen, port: int, store: str,
 def serve(*, tracking_uri: str, search: Optional[str], port: int) -> int:
     """Prints the URL of the search's leaderboard; starts the UI unless a tracking server (http)
     already serves it. Runs until Ctrl-C (or SIGTERM), then stops the UI."""
-    from tuner.leaderboard import open_client, tracking_errors
-    from tuner.redact import redact
-
     client = open_client(tracking_uri)
     with tracking_errors(tracking_uri):
         experiment_id = install_view(client, search) if search else None

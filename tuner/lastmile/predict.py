@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import mlflow
 import torch
 from tqdm import tqdm
 
 from tuner.errors import UserError
+from tuner.tracking.store import open_client
 from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError
 from trainables.data import load_rgb_image
 from trainables.inference import Classifier, load_classifier
@@ -45,11 +47,7 @@ def resolve_checkpoint(model_uri: str, tracking_uri: Optional[str]) -> Path:
     if ":/" not in model_uri:
         raise UserError(f"model {model_uri!r} does not resolve: no such file, and not a "
                         "models:/ or runs:/ URI")
-    import mlflow
-
     if tracking_uri:
-        from tuner.leaderboard import open_client
-
         client = open_client(tracking_uri)  # checks the store exists; makes HTTP fail fast
         mlflow.set_tracking_uri(client.tracking_uri)
         mlflow.set_registry_uri(client.tracking_uri)

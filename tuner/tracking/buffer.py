@@ -25,7 +25,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from tuner.tracking_tags import KIND_TAG, PARENT_TAG, TRIAL_TAG, UID_TAG
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from tuner.redact import expand_env
+from tuner.tracking.store import is_transient, short_error
+from tuner.tracking.tags import KIND_TAG, PARENT_TAG, TRIAL_TAG, UID_TAG
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +41,8 @@ STAGED_DIR = "mlflow_staged"  # local copies of artifacts waiting to be uploaded
 RETRY_AFTER_S = 5.0  # after a failed send, further sends wait this long (keeps the Ray loop fast)
 SEARCH_TARGET = "search"
 
-# MLflow error codes that mean "try again later"; anything else is refused for good.
-TRANSIENT_CODES = {
-    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "IO_ERROR", "SERVICE_UNDER_MAINTENANCE",
-    "WORKSPACE_TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "REQUEST_LIMIT_EXCEEDED",
-    "RESOURCE_EXHAUSTED", "COULD_NOT_ACQUIRE_LOCK", "UNPARSEABLE_HTTP_ERROR",
-}
 # MLflow's log_batch limits per request.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
-
-
-def fail_fast_http(*, retries: int = 0, timeout_s: int = 10) -> None:
-    """Makes MLflow's HTTP client give up quickly instead of retrying for minutes (its default:
-    7 retries with exponential backoff, 120 s timeout). Values the user set are kept."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
-
-
-def is_transient(err: BaseException) -> bool:
-    """True when a failed MLflow call may succeed later (server down, timeout, overload)."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(err, MlflowException):
-        return err.error_code in TRANSIENT_CODES
-    try:
-        import requests
-        import sqlalchemy.exc
-
-        transient: tuple = (requests.exceptions.RequestException, sqlalchemy.exc.OperationalError)
-    except ImportError:  # pragma: no cover - both ship with mlflow
-        transient = ()
-    return isinstance(err, (OSError, *transient))
-
-
-def short_error(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
 class Refused(Exception):
@@ -131,10 +101,6 @@ class TrackingWriter:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            from tuner.redact import expand_env
-
             # ${VAR} references in the URI are filled in here only: saved state never holds secrets.
             self._client = MlflowClient(expand_env(self.tracking_uri, what="tracking URI"))
         return self._client
@@ -273,8 +239,6 @@ class TrackingWriter:
         return runs[0].info.run_id if runs else None
 
     def _apply_log(self, run_id: str, op: dict) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
         metrics = [Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])]
         params = [Param(k, v) for k, v in op.get("params", {}).items()]
         tags = [RunTag(k, v) for k, v in op.get("tags", {}).items()]

@@ -5,14 +5,13 @@ waits for minutes; a trial that asks for more GPUs than any node has stays PENDI
 ("infeasible"); a node without this package fails every trial with a deserialisation traceback;
 a storage path that only the driver can write loses the checkpoints of trials on other nodes.
 ``preflight`` checks each of these first and raises ``UserError`` naming the flag or key and the
-rule. It connects to Ray (through ``tuner.driver.start_ray``), so the driver's own ``start_ray``
+rule. It connects to Ray (through ``tuner.cluster.connect.start_ray``), so the driver's own ``start_ray``
 afterwards finds Ray initialised and reuses the connection.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,14 @@ from pathlib import Path
 from typing import Iterable, Optional
 from urllib.parse import urlparse
 
+import pyarrow.fs
+import ray
+import torch
+import torchvision
+import yaml
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from tuner.cluster.connect import ray_address_from_env, start_ray
 from tuner.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,18 +79,6 @@ def preflight(
         return
     local_dirs = [d for d in data_dirs if "://" not in d]  # remote data is the trial's to read
     check_nodes(hosts, storage_path=storage_path, data_dirs=local_dirs)
-
-
-def ray_address_from_env() -> Optional[str]:
-    """$RAY_ADDRESS when it names a cluster: `ray job submit` sets it for the driver it starts.
-
-    An http(s):// value is the job server's address (set for the `ray job` CLI), not one a driver
-    can join: ignored, so that `tuner search` on a laptop still starts its embedded cluster.
-    """
-    value = os.environ.get("RAY_ADDRESS", "").strip()
-    if not value or value.startswith(("http://", "https://")):
-        return None
-    return value
 
 
 def preflight_search(spec, places, *, address: Optional[str]) -> None:
@@ -157,8 +152,6 @@ def check_storage(storage_path: str) -> None:
 
 
 def _check_remote_storage(uri: str) -> None:
-    import pyarrow.fs
-
     try:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
         filesystem.create_dir(path, recursive=True)
@@ -176,8 +169,6 @@ def _check_remote_storage(uri: str) -> None:
 # --- connecting ---
 def connect(address: Optional[str]) -> None:
     """Joins the cluster (or starts the embedded one) through the driver's own start_ray."""
-    from tuner.driver import start_ray
-
     try:
         start_ray(address)
     except (ConnectionError, TimeoutError) as err:
@@ -204,8 +195,6 @@ def fits(offered: dict, request: dict) -> bool:
 
 def node_shapes() -> list[NodeShape]:
     """Running nodes, plus the node types an autoscaler may still start (with max workers > 0)."""
-    import ray
-
     shapes = [
         NodeShape(label=f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})",
                   resources=dict(node["Resources"]), running=True, node_id=node["NodeID"])
@@ -218,7 +207,7 @@ def autoscaler_node_types() -> list[NodeShape]:
     """Node types of an autoscaling cluster: from the GCS (autoscaler v2) or the launcher's file."""
     shapes = []
     try:
-        from ray._private.state import state
+        from ray._private.state import state  # private API, may move: only inside the try
 
         config = state.get_cluster_config()
         for group in (config.node_group_configs if config is not None else []):
@@ -228,8 +217,6 @@ def autoscaler_node_types() -> list[NodeShape]:
         log.debug("no autoscaler config in the GCS: %s", err)
     bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()  # written on the head by `ray up`
     if not shapes and bootstrap.is_file():
-        import yaml
-
         node_types = (yaml.safe_load(bootstrap.read_text()) or {}).get("available_node_types", {})
         for name, node_type in node_types.items():
             if node_type.get("max_workers", 1) != 0:  # the head type (max 0) runs already
@@ -262,9 +249,9 @@ def _node_probe():
     a node without this package can still run it and say what it lacks."""
 
     def probe(module: str, storage_path: Optional[str], data_dirs: list) -> dict:
-        import importlib
-        import os
-        import uuid
+        import importlib  # the probe runs on a node by value: it brings its own imports
+        import os  # (same)
+        import uuid  # (same)
 
         problems = []
         try:
@@ -278,7 +265,7 @@ def _node_probe():
             except Exception:
                 versions[name] = None
         try:
-            import torch
+            import torch  # (same)
 
             versions["cuda"] = torch.version.cuda
         except Exception:
@@ -300,9 +287,6 @@ def _node_probe():
 def check_nodes(hosts: list[NodeShape], *, storage_path: str, data_dirs: list[str],
                 timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """One zero-CPU task per node that can host a trial: imports, storage, data folders."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     remote_probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe())
     local_storage = None if "://" in storage_path else storage_path  # cloud storage: same credentials
     refs = {
@@ -334,9 +318,6 @@ def check_nodes(hosts: list[NodeShape], *, storage_path: str, data_dirs: list[st
 
 
 def _warn_about_versions(host: NodeShape, versions: dict) -> None:
-    import torch
-    import torchvision
-
     mine = {"torch": torch.__version__, "torchvision": torchvision.__version__}
     for name, version in mine.items():
         if versions.get(name) and versions[name] != version:

@@ -1,6 +1,6 @@
 """What a trial's MLflow run records about where it came from, and where its files are.
 
-- ``lineage_tags``: package versions and the git commit of the code that ran the search.
+- ``search_lineage_tags``: package versions and the git commits the search ran from.
 - ``dataset_fingerprint``: a hash of the training and validation file lists with their sizes, so two
   runs on "the same folder" that held different images are told apart.
 - ``checkpoint_uri`` / ``stage_artifacts``: a Ray checkpoint (local folder or s3://, gs://) as a URI
@@ -13,27 +13,34 @@ import hashlib
 import os
 import shutil
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Optional
+
+import pyarrow.fs
 
 ARTIFACTS_DIR = "artifacts"  # the trainable's evaluation files, inside each checkpoint directory
 MAX_ARTIFACT_BYTES = 50 * 2**20  # a file above 50 MiB in artifacts/ is not copied (it is no figure)
 
 VERSIONS_TAG = "tuner.versions"
 COMMIT_TAG = "mlflow.source.git.commit"
+CODE_COMMIT_TAG = "tuner.code_commit"  # tuner's own checkout, when it runs from one
 FINGERPRINT_TAG = "tuner.dataset_fingerprint"
 DATASET_TAG = "tuner.dataset_files"
 
 
 def package_versions() -> str:
-    import mlflow
-    import optuna
-    import ray
-    import torch
-    import torchvision
+    """Versions of what a trial's result depends on, read from the installed packages' metadata
+    (no import: a light command may record lineage too)."""
+    names = ("tuner", "torch", "torchvision", "ray", "optuna", "mlflow")
+    return " ".join(f"{name}={_version(name)}" for name in names)
 
-    return (f"torch={torch.__version__} torchvision={torchvision.__version__} ray={ray.__version__} "
-            f"optuna={optuna.__version__} mlflow={mlflow.__version__}")
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
 
 
 def git_commit(directory: Path) -> Optional[str]:
@@ -46,14 +53,17 @@ def git_commit(directory: Path) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def lineage_tags(given: dict[str, str]) -> dict[str, str]:
-    """``given`` (the search's own tags) completed with versions and the tuner code's commit."""
-    tags = dict(given)
-    tags.setdefault(VERSIONS_TAG, package_versions())
-    if COMMIT_TAG not in tags:
-        commit = git_commit(Path(__file__).resolve().parent.parent)
-        if commit:
-            tags[COMMIT_TAG] = commit
+def search_lineage_tags(start_dir: Path) -> dict[str, str]:
+    """Tags of a search and each of its trials: package versions; the commit of the repository the
+    search was started in (the user's project: spec, data scripts), as MLflow's own
+    ``mlflow.source.git.commit``; and the commit of tuner's own checkout when it runs from one."""
+    tags = {VERSIONS_TAG: package_versions()}
+    commit = git_commit(start_dir)
+    if commit:
+        tags[COMMIT_TAG] = commit
+    code = git_commit(Path(__file__).resolve().parent)
+    if code:
+        tags[CODE_COMMIT_TAG] = code
     return tags
 
 
@@ -98,8 +108,6 @@ def checkpoint_uri(checkpoint) -> Optional[str]:
     """A Ray ``Checkpoint`` as a string: a local path, or ``s3://bucket/key`` on remote storage."""
     if checkpoint is None:
         return None
-    import pyarrow.fs
-
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         return str(checkpoint.path)
     return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
@@ -107,8 +115,6 @@ def checkpoint_uri(checkpoint) -> Optional[str]:
 
 def open_location(uri: str):
     """(pyarrow filesystem, path) for a local path or a remote URI written by ``checkpoint_uri``."""
-    import pyarrow.fs
-
     if "://" in uri:
         return pyarrow.fs.FileSystem.from_uri(uri)
     return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
@@ -116,8 +122,6 @@ def open_location(uri: str):
 
 def stage_artifacts(checkpoint_location: str, target: Path) -> list[str]:
     """Copies ``<checkpoint>/artifacts/*`` to ``target`` (files only); returns their names."""
-    import pyarrow.fs
-
     fs, base = open_location(checkpoint_location)
     selector = pyarrow.fs.FileSelector(f"{base}/{ARTIFACTS_DIR}", allow_not_found=True)
     infos = [i for i in fs.get_file_info(selector) if i.type == pyarrow.fs.FileType.File]

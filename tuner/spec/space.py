@@ -1,63 +1,20 @@
-"""The ``space:`` section of a search spec: parameters, distributions and ``when`` conditions.
-
-Split from ``tuner.spec`` (which re-exports ``Param`` and ``SpecError``); the context object that
-formats ``file: key.path: rule`` messages is shared by both.
-"""
+"""The ``space:`` section of a search spec: parameters, distributions and ``when`` conditions."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from tuner.errors import UserError
+from tuner.spec.batch_probe import load_probe, power_of_two_choices, probe_path
+from tuner.spec.context import SpecContext
 from trainables.config import TrialConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice", "grid")
 # Keys of TrialConfig that the spec sets through `data:` and the driver, not through fixed/space.
 DATA_FIELDS = {"train_dir", "val_dir", "image_size"}
-
-
-class SpecError(UserError):
-    """A search spec breaks a rule; the message starts with ``file: key.path:``."""
-
-
-class SpecContext:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, rule: str):
-        key = key if key.isprintable() else repr(key)[1:-1]  # a newline in a YAML key stays one line
-        where = f"{self.source}: {key}: " if key else f"{self.source}: "
-        raise SpecError(where + rule)
-
-    def mapping(self, key: str, value: Any) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
-        return value
-
-    def reject_unknown(self, key: str, value: dict, known: set[str]) -> None:
-        unknown = sorted(set(map(str, value)) - known)
-        if unknown:
-            prefix = f"{key}." if key else ""
-            self.fail(f"{prefix}{unknown[0]}", f"unknown key; valid keys: {', '.join(sorted(known))}")
-
-    def number(self, key: str, value: Any, *, integer: bool = False, minimum=None, above=None):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
-            self.fail(key, f"must be a finite number, got {value!r}")
-        if integer and int(value) != value:
-            self.fail(key, f"must be a whole number, got {value!r}")
-        if minimum is not None and value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value!r}")
-        if above is not None and value <= above:
-            self.fail(key, f"must be > {above}, got {value!r}")
-        return int(value) if integer else value
 
 
 @dataclass(frozen=True)
@@ -78,7 +35,7 @@ def _trial_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(TrialConfig)}
 
 
-def _check_trial_keys(ctx: SpecContext, section: str, values: dict) -> None:
+def check_trial_keys(ctx: SpecContext, section: str, values: dict) -> None:
     allowed = _trial_fields() - DATA_FIELDS
     for key in values:
         base = str(key).split(".", 1)[0]
@@ -86,9 +43,9 @@ def _check_trial_keys(ctx: SpecContext, section: str, values: dict) -> None:
             ctx.fail(f"{section}.{key}", f"unknown trial setting; valid: {', '.join(sorted(allowed))}")
 
 
-def _parse_space(ctx: SpecContext, raw: Any, base_dir: Path) -> tuple[Param, ...]:
+def parse_space(ctx: SpecContext, raw: Any, base_dir: Path) -> tuple[Param, ...]:
     raw = ctx.mapping("space", raw)
-    _check_trial_keys(ctx, "space", raw)
+    check_trial_keys(ctx, "space", raw)
     params: list[Param] = []
     for name, entry in raw.items():
         if isinstance(entry, dict) and entry.get("choice") == "auto":
@@ -102,8 +59,6 @@ def _auto_batch_sizes(ctx: SpecContext, name: str, base_dir: Path) -> list[int]:
     (``tuner diagnose batch-size SPEC``) found to fit every architecture/width of this spec."""
     if name != "batch_size":
         ctx.fail(f"space.{name}.choice", "'auto' is only for batch_size")
-    from tuner.diagnose.batch_size import load_probe, power_of_two_choices, probe_path
-
     path = probe_path(base_dir / ctx.source)
     try:
         choices = power_of_two_choices(load_probe(path), minimum=16)

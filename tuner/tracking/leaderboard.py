@@ -10,15 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from mlflow.tracking import MlflowClient
 
+from rich.console import Console
+from rich.table import Table
+
 from tuner.errors import UserError
-from tuner.tracking_tags import KIND_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG
+from tuner.redact import redact
+from tuner.tracking.store import tracking_errors
+from tuner.tracking.tags import KIND_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG
 
 FALLBACK_PARAMS = ("arch", "width", "lr", "batch_size", "optimizer", "augmentation")
 FORMATS = ("table", "csv", "json")
@@ -49,48 +52,10 @@ class Board:
     entries: list[Entry]
 
 
-def open_client(tracking_uri: str) -> MlflowClient:
-    """A client for reading; a missing SQLite file is an error here (MLflow would create it).
-    ``${VAR}`` references in the URI are filled in from the environment."""
-    from tuner.redact import expand_env
-
-    tracking_uri = expand_env(tracking_uri, what="tracking URI")
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise UserError(f"no MLflow store at {path} (run `tuner search` in this folder first, "
-                            "or pass --tracking-uri)")
-    if tracking_uri.startswith(("http://", "https://")):
-        from tuner.tracking_buffer import fail_fast_http
-
-        fail_fast_http(retries=1, timeout_s=30)
-    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
-
-
-@contextmanager
-def tracking_errors(tracking_uri: str) -> Iterator[None]:
-    """MLflow failures (server down, refused value) as one-line UserErrors."""
-    from mlflow.exceptions import MlflowException
-
-    from tuner.tracking_buffer import is_transient, short_error
-
-    from tuner.redact import redact
-
-    try:
-        yield
-    except MlflowException as err:
-        where, why = redact(tracking_uri), redact(short_error(err))
-        if is_transient(err):
-            raise UserError(f"tracking store {where} is unreachable: {why}") from None
-        raise UserError(f"tracking store {where}: {why}") from None
-
-
 def find_search(client: MlflowClient, name: str):
     """(experiment, parent run) of a search (its latest parent run); a clear error when none."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
-        from tuner.redact import redact
-
         raise UserError(f"no search named {name!r} in the tracking store {redact(client.tracking_uri)}")
     parents = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'search'",
@@ -172,9 +137,6 @@ def render(board: Board, fmt: str = "table") -> str:
 
 
 def _rich_table(board: Board) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"search {board.search}: ranked by best {board.metric} ({board.mode})")
     numeric = {"#", "epochs", f"best {board.metric}", "last val_acc", "last val_loss"}
     columns = ("#", "trial", "status", f"best {board.metric}", "last val_acc", "last val_loss", "epochs",

@@ -1,4 +1,4 @@
-"""``tuner data download | stats | split | cache``: parse, call ``tuner.datasets``, print a summary.
+"""``tuner data demo | download | stats | split | cache``: parse, call ``tuner.datasets``, print a summary.
 
 Bad input (a malformed competition JSON, a bad fraction, a missing folder, another download already
 running, …) is raised as ``UserError``: one line on stderr and exit status 2, no traceback.
@@ -13,16 +13,26 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tuner.datasets.competition import load_competition_json
+from tuner.datasets.demo import unpack_demo_data
+from tuner.datasets.download import DownloadInProgressError, download_images
+from tuner.datasets.split import split_validation
+from tuner.datasets.stats import channel_stats, default_stats_path, save_stats
 from tuner.errors import UserError
 
 __all__ = ["register"]
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    counts = unpack_demo_data(args.out)
+    print(f"sample data in {args.out}: {counts['train']} train, {counts['val']} val, "
+          f"{counts['test']} test images, answer key test_labels.csv")
+    return 0
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """The data modules' own errors (ValueError subclasses, missing folders) become UserError."""
-    from tuner.datasets.download import DownloadInProgressError
-
     try:
         yield
     except (ValueError, DownloadInProgressError) as err:
@@ -34,9 +44,6 @@ def _user_errors() -> Iterator[None]:
 
 # --- download ---
 def cmd_download(args: argparse.Namespace) -> int:
-    from tuner.datasets.competition import load_competition_json
-    from tuner.datasets.download import download_images
-
     with _user_errors():
         index = load_competition_json(args.json)
         for warning in index.warnings:
@@ -58,8 +65,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 # --- stats ---
 def cmd_stats(args: argparse.Namespace) -> int:
-    from tuner.datasets.stats import channel_stats, default_stats_path, save_stats
-
     root = Path(args.dir)
     train = root / "train" if (root / "train").is_dir() else root
     with _user_errors():
@@ -76,8 +81,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 # --- split ---
 def cmd_split(args: argparse.Namespace) -> int:
-    from tuner.datasets.split import split_validation
-
     src = Path(args.dir)
     default_root = src.parent / f"{src.name}-split"
     out_train = Path(args.out_train) if args.out_train else default_root / "train"
@@ -98,7 +101,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 # --- cache ---
 def cmd_cache(args: argparse.Namespace) -> int:
-    from tuner.datasets.cache import build_caches
+    from tuner.datasets.cache import build_caches  # torch (the cache reader): this command only
 
     with _user_errors():
         results = build_caches(args.dir, size=args.size, fit=args.fit, workers=args.workers,
@@ -118,7 +121,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def register(data: argparse._SubParsersAction) -> None:
-    """Adds ``download``, ``stats``, ``split`` and ``cache`` to the ``tuner data`` subparsers."""
+    """Adds ``demo``, ``download``, ``stats``, ``split`` and ``cache`` to the ``tuner data`` subparsers."""
+    demo = data.add_parser("demo", help="lay out the shipped CIFAR-10 sample like the competition")
+    demo.add_argument("--out", required=True, help="target folder")
+    demo.set_defaults(func=cmd_demo)
+
     down = data.add_parser("download", help="download a competition JSON's images (resumable)")
     down.add_argument("--json", required=True, help="train.json / validation.json / test.json")
     down.add_argument("--out", required=True, help="ImageFolder root to fill (<label>/<id>.jpg)")

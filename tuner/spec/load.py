@@ -6,93 +6,20 @@ Every error names the file, the key path and the rule, e.g.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from tuner.spec_space import (  # noqa: F401  (Param and SpecError are part of this module's API)
-    DISTRIBUTIONS, Param, SpecContext, SpecError, _check_trial_keys, _parse_space,
-)
 from tuner.redact import redact
+from tuner.search.options import check_options
+from tuner.search.samplers import SAMPLERS
+from tuner.search.schedulers import SCHEDULERS
+from tuner.spec.context import SpecContext, SpecError
+from tuner.spec.model import (DATA_KEYS, MODES, TOP_KEYS, BudgetSpec, DataSpec, ResourceSpec,
+                              SamplerSpec, SchedulerSpec, SearchSpec)
+from tuner.spec.space import Param, check_trial_keys, parse_space
 from trainables.config import ConfigError, TrialConfig
-
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
-SCHEDULERS = ("asha", "median", "fifo")
-MODES = ("max", "min")
-TOP_KEYS = {
-    "name", "metric", "mode", "data", "fixed", "space", "sampler", "scheduler", "budget",
-    "resources", "points_to_evaluate", "storage", "tracking",
-}
-DATA_KEYS = {"train", "val", "test", "image_size"}
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    name: str = "tpe"
-    seed: Optional[int] = 0
-    options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    name: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 3
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    num_samples: int = 8
-    max_concurrent: int = 2
-    time_budget_s: Optional[float] = None
-    max_failures: int = 3  # retries of a trial whose process or node died, from its last checkpoint
-
-
-@dataclass(frozen=True)
-class ResourceSpec:
-    cpu: float = 1
-    gpu: float = 0
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    train: str
-    val: str
-    test: Optional[str] = None
-    image_size: int = 32
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    name: str
-    source: str  # the file it came from, for messages
-    data: DataSpec
-    fixed: dict
-    space: tuple[Param, ...]
-    metric: str = "val_acc"
-    mode: str = "max"
-    sampler: SamplerSpec = SamplerSpec()
-    scheduler: SchedulerSpec = SchedulerSpec()
-    budget: BudgetSpec = BudgetSpec()
-    resources: ResourceSpec = ResourceSpec()
-    points_to_evaluate: tuple[dict, ...] = ()
-    storage: Optional[str] = None  # Optuna study URL; default: SQLite beside the results
-    tracking: Optional[str] = None  # MLflow tracking URI; --tracking-uri and $TUNER_TRACKING_URI win
-
-    @property
-    def epochs(self) -> int:
-        return int(self.fixed.get("epochs", TrialConfig.__dataclass_fields__["epochs"].default))
-
-    def base_config(self) -> dict:
-        """The fixed part of every trial's TrialConfig dict (data paths made absolute)."""
-        return {
-            "train_dir": self.data.train,
-            "val_dir": self.data.val,
-            "image_size": self.data.image_size,
-            **self.fixed,
-        }
 
 
 def load_spec(path: str | Path, overrides: Optional[dict] = None) -> SearchSpec:
@@ -111,8 +38,11 @@ def load_spec(path: str | Path, overrides: Optional[dict] = None) -> SearchSpec:
 
 
 def parse_spec(
-    raw: Any, *, source: str, base_dir: Path = Path("."), overrides: Optional[dict] = None
+    raw: Any, *, source: str, base_dir: Path = Path("."), overrides: Optional[dict] = None,
+    working_dir: Optional[Path] = None,
 ) -> SearchSpec:
+    """``base_dir``: the spec file's folder (its batch-size probe lies there); ``working_dir``: what
+    relative data paths are relative to (default: the current directory, as the user typed them)."""
     ctx = SpecContext(source)
     if not isinstance(raw, dict):
         ctx.fail("", f"the file must hold a mapping of keys, got {type(raw).__name__}")
@@ -120,11 +50,11 @@ def parse_spec(
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or not name.replace("-", "").replace("_", "").isalnum():
         ctx.fail("name", f"must be a non-empty name of letters, digits, - and _, got {name!r}")
-    data = _parse_data(ctx, raw.get("data"), base_dir)
+    data = _parse_data(ctx, raw.get("data"), working_dir or Path.cwd())
     fixed = dict(ctx.mapping("fixed", raw.get("fixed", {})))
     fixed.update(overrides or {})
-    _check_trial_keys(ctx, "fixed", fixed)
-    space = _parse_space(ctx, raw.get("space", {}), base_dir)
+    check_trial_keys(ctx, "fixed", fixed)
+    space = parse_space(ctx, raw.get("space", {}), base_dir)
     overlap = sorted(set(fixed) & {p.name for p in space})
     if overlap:
         ctx.fail(f"space.{overlap[0]}", "is also set in fixed; a key is either fixed or searched")
@@ -177,7 +107,7 @@ def _tracking_uri(ctx: SpecContext, value: Any) -> Optional[str]:
     return value
 
 
-def _parse_data(ctx: SpecContext, raw: Any, base_dir: Path) -> DataSpec:
+def _parse_data(ctx: SpecContext, raw: Any, working_dir: Path) -> DataSpec:
     raw = ctx.mapping("data", raw)
     ctx.reject_unknown("data", raw, DATA_KEYS)
     for key in ("train", "val"):
@@ -191,7 +121,7 @@ def _parse_data(ctx: SpecContext, raw: Any, base_dir: Path) -> DataSpec:
         if "://" in value:
             return value
         p = Path(value).expanduser()
-        return str((p if p.is_absolute() else Path.cwd() / p).resolve())
+        return str((p if p.is_absolute() else working_dir / p).resolve())
 
     image_size = ctx.number("data.image_size", raw.get("image_size", 32), integer=True, minimum=8)
     test = raw.get("test")
@@ -205,28 +135,28 @@ def _parse_sampler(ctx: SpecContext, raw: Any, space: tuple[Param, ...]) -> Samp
     ctx.reject_unknown("sampler", raw, {"name", "seed", "options"})
     name = raw.get("name", "tpe")
     if name not in SAMPLERS:
-        ctx.fail("sampler.name", f"must be one of {', '.join(SAMPLERS)}, got {name!r}")
+        ctx.fail("sampler.name", f"must be one of {', '.join(SAMPLERS.names())}, got {name!r}")
+    entry = SAMPLERS.get(name)
     seed = raw.get("seed", 0)
     if seed is not None:
         seed = ctx.number("sampler.seed", seed, integer=True, minimum=0)
-    continuous = [p.name for p in space if p.kind in ("loguniform", "uniform", "int")]
-    if name == "grid" and continuous:
-        ctx.fail("sampler.name", f"grid needs only choice/grid parameters, but {continuous[0]} is continuous")
-    grids = [p.name for p in space if p.kind == "grid"]
-    if grids and name not in ("grid", "tpe", "random"):
-        ctx.fail(f"space.{grids[0]}.grid", f"a grid cannot be searched by the {name} sampler")
-    return SamplerSpec(name, seed, dict(ctx.mapping("sampler.options", raw.get("options", {}))))
+    for param in space:
+        if param.kind not in entry.kinds:
+            handled = ", ".join(sorted(entry.kinds))
+            ctx.fail(f"space.{param.name}.{param.kind}",
+                     f"the {name} sampler cannot search a {param.kind} parameter (it handles {handled})")
+    options = check_options(ctx.mapping("sampler.options", raw.get("options", {})), entry.options,
+                            where="sampler.options", fail=ctx.fail)
+    return SamplerSpec(name, seed, options)
 
 
 def _parse_scheduler(ctx: SpecContext, raw: Any) -> SchedulerSpec:
-    raw = ctx.mapping("scheduler", raw)
-    ctx.reject_unknown("scheduler", raw, {"name", "grace_period", "reduction_factor"})
-    name = raw.get("name", "asha")
+    raw = dict(ctx.mapping("scheduler", raw))
+    name = raw.pop("name", "asha")
     if name not in SCHEDULERS:
-        ctx.fail("scheduler.name", f"must be one of {', '.join(SCHEDULERS)}, got {name!r}")
-    grace = ctx.number("scheduler.grace_period", raw.get("grace_period", 1), integer=True, minimum=1)
-    factor = ctx.number("scheduler.reduction_factor", raw.get("reduction_factor", 3), minimum=2)
-    return SchedulerSpec(name, grace, factor)
+        ctx.fail("scheduler.name", f"must be one of {', '.join(SCHEDULERS.names())}, got {name!r}")
+    options = check_options(raw, SCHEDULERS.get(name).options, where="scheduler", fail=ctx.fail)
+    return SchedulerSpec(name, options)
 
 
 def _parse_budget(ctx: SpecContext, raw: Any) -> BudgetSpec:

@@ -1,13 +1,18 @@
 """``tuner diagnose batch-size | lr-range | overfit`` and ``tuner data preview-augment``.
 
 Parse, call ``tuner.diagnose``, print; with ``--tracking-uri`` each run is also an MLflow run in the
-experiment ``diagnostics``. Bad input raises UserError (one line, exit status 2, via ``tuner.cli``).
+experiment ``diagnostics``. Bad input raises UserError (one line, exit status 2, via ``tuner.cli.main``).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from tuner.cli.args import parse_assignments
+from tuner.diagnose.tracking import log_diagnostic
+from tuner.places import resolve_tracking_uri
+from tuner.redact import redact
 
 CONFIG_HELP = "a trial-config YAML or a search spec (its fixed values and first/middle searched ones)"
 
@@ -89,21 +94,20 @@ def register_preview(data_subparsers) -> None:
 
 
 def _overrides(args) -> dict:
-    from tuner.cli import parse_assignments
-
     return parse_assignments(args.set)
 
 
 def _track(args, record) -> None:
-    from tuner.diagnose.tracking import log_diagnostic
-
-    run_id = log_diagnostic(args.tracking_uri, record)
-    if run_id:
-        print(f"logged MLflow run {run_id} in experiment 'diagnostics' ({args.tracking_uri})")
+    """Logs the diagnostic when --tracking-uri was given (checked and shown like every other URI)."""
+    if not args.tracking_uri:
+        return
+    uri = resolve_tracking_uri(args.tracking_uri)
+    run_id = log_diagnostic(uri, record)
+    print(f"logged MLflow run {run_id} in experiment 'diagnostics' ({redact(uri)})")
 
 
 def cmd_batch_size(args) -> int:
-    from tuner.diagnose import batch_size as probe
+    from tuner.diagnose import batch_size as probe  # torch: this command only
 
     def progress(result) -> None:
         label = result.arch + (f" w{result.width:g}" if result.width != 1.0 else "")
@@ -123,7 +127,7 @@ def cmd_batch_size(args) -> int:
 
 
 def cmd_lr_range(args) -> int:
-    from tuner.diagnose import lr_range
+    from tuner.diagnose import lr_range  # torch: this command only
 
     report = lr_range.diagnose_lr_range(
         args.config, overrides=_overrides(args), samples=args.samples, steps=args.steps,
@@ -139,7 +143,7 @@ def cmd_lr_range(args) -> int:
 
 
 def cmd_overfit(args) -> int:
-    from tuner.diagnose import overfit
+    from tuner.diagnose import overfit  # torch: this command only
 
     result = overfit.diagnose_overfit(
         args.config, overrides=_overrides(args), samples=args.samples, max_steps=args.max_steps,
@@ -152,7 +156,7 @@ def cmd_overfit(args) -> int:
 
 
 def cmd_preview_augment(args) -> int:
-    from tuner.diagnose import preview
+    from tuner.diagnose import preview  # torch: this command only
 
     params = _overrides(args)
     result = preview.preview_augment(

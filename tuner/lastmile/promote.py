@@ -20,16 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import mlflow
 import pandas as pd
+import pyarrow.fs
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name,
+)
 
 from tuner.errors import UserError
-from tuner.leaderboard import Board, Entry, load_board, tracking_errors
-from tuner.tracking_lineage import open_location
-from tuner.tracking_tags import CHECKPOINT_TAG
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from tuner.tracking.store import tracking_errors
+from tuner.tracking.leaderboard import Board, Entry, load_board
+from tuner.tracking.lineage import open_location
+from tuner.tracking.tags import CHECKPOINT_TAG
+from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from trainables.data import load_rgb_image
+from trainables.inference import load_classifier
 
 
 with warnings.catch_warnings():  # MLflow asks for type hints it would use to validate inputs
@@ -39,15 +49,9 @@ with warnings.catch_warnings():  # MLflow asks for type hints it would use to va
         """pyfunc wrapper: ``predict(DataFrame with a 'path' column)`` -> predicted class names."""
 
         def load_context(self, context) -> None:
-            from trainables.inference import load_classifier
-
             self.classifier = load_classifier(context.artifacts["checkpoint"])
 
         def predict(self, context, model_input, params=None):
-            import torch
-
-            from trainables.data import load_rgb_image
-
             paths = list(model_input["path"])
             batch = torch.stack([self.classifier.transform(load_rgb_image(p)) for p in paths])
             predicted = self.classifier.probabilities(batch).argmax(dim=1).tolist()
@@ -72,11 +76,6 @@ class Promotion:
 
 
 def check_names(model_name: str, alias: str) -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import (
-        _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name,
-    )
-
     try:
         _validate_model_name(model_name)
     except MlflowException as err:
@@ -106,8 +105,6 @@ def fetch_checkpoint(location: Optional[str], trial: str, target: Path) -> Path:
     """The trial's checkpoint file copied to ``target`` (local path or remote storage URI)."""
     if not location:
         raise UserError(f"trial {trial} has no checkpoint recorded (tag {CHECKPOINT_TAG})")
-    import pyarrow.fs
-
     try:
         fs, base = open_location(location)
         source = f"{base}/{CHECKPOINT_FILE}"
@@ -151,8 +148,6 @@ def promote(
 
 def write_model_card(checkpoint: Path, out: Path) -> dict:
     """Class map and preprocessing of a checkpoint, as JSON beside the model (and returned)."""
-    from trainables.checkpoint import CheckpointError, load_checkpoint
-
     try:
         content = load_checkpoint(checkpoint)
     except CheckpointError as err:
@@ -176,8 +171,6 @@ def write_model_card(checkpoint: Path, out: Path) -> dict:
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]:
-    from mlflow.exceptions import MlflowException
-
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:  # no such model or alias yet
@@ -187,8 +180,6 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]
 def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: Path, card: dict,
                name: str):
     """Logs the pyfunc into the trial's run without re-opening it (a FINISHED run stays FINISHED)."""
-    import mlflow
-
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -206,9 +197,6 @@ def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: P
 
 
 def _log_pyfunc(run_id: str, checkpoint: Path, card_file: Path, card: dict, name: str):
-    import mlflow
-    from mlflow.models import Model
-
     return Model.log(
         artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
         python_model=CheckpointClassifierModel(),

@@ -1,0 +1,73 @@
+"""``tuner search | resume | flush | train``: parse flags, call the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuner.cli.args import add_tracking, parse_assignments
+
+
+def cmd_search(args) -> int:
+    from tuner.search.command import start_search  # ray, optuna, mlflow, torch: this command only
+
+    start_search(Path(args.spec), overrides=parse_assignments(args.set), name=args.name,
+                 num_samples=args.num_samples, storage=args.storage, address=args.address,
+                 tracking_uri=args.tracking_uri)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from tuner.search.command import resume  # ray, optuna, mlflow, torch: this command only
+
+    resume(args.name, more=args.more, storage=args.storage, address=args.address)
+    return 0
+
+
+def cmd_flush(args) -> int:
+    from tuner.search.definition import load_definition  # spec parsing imports torch (TrialConfig)
+    from tuner.tracking.buffer import replay  # mlflow: this command only
+
+    _, places, _ = load_definition(args.name, args.storage)
+    unsent = replay(tracking_uri=places.tracking_uri, state_dir=places.state_dir, search_name=args.name)
+    print(f"{len(unsent)} MLflow writes still unsent" if unsent else "all buffered MLflow writes sent")
+    return 1 if unsent else 0
+
+
+def cmd_train(args) -> int:
+    from tuner.train import train_one  # torch: this command only
+
+    train_one(Path(args.config), overrides=parse_assignments(args.set), out=Path(args.out),
+              resume=args.resume)
+    return 0
+
+
+def register(sub) -> None:
+    search = sub.add_parser("search", help="run a search from a spec YAML")
+    search.add_argument("spec", help="search-space YAML (see search_spaces/)")
+    search.add_argument("--name", help="search name (default: the spec's name)")
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fixed trial setting, e.g. --set epochs=3")
+    search.add_argument("--num-samples", type=int, help="override budget.num_samples")
+    search.add_argument("--storage", help="Ray storage path (default: $TUNER_STORAGE or ./runs)")
+    search.add_argument("--address", help="Ray cluster address (default: a local embedded cluster)")
+    add_tracking(search)
+    search.set_defaults(func=cmd_search)
+
+    resume = sub.add_parser("resume", help="finish a search whose driver died, or --more trials")
+    resume.add_argument("name")
+    resume.add_argument("--more", type=int, help="run N further trials on the same study")
+    resume.add_argument("--storage", help="Ray storage path the search was started with")
+    resume.add_argument("--address", help="Ray cluster address (default: the one it started with)")
+    resume.set_defaults(func=cmd_resume)
+
+    flush = sub.add_parser("flush", help="send a search's buffered MLflow writes (after an outage)")
+    flush.add_argument("name")
+    flush.add_argument("--storage", help="Ray storage path the search was started with")
+    flush.set_defaults(func=cmd_flush)
+
+    train = sub.add_parser("train", help="run ONE trial without Ray, with progress bars")
+    train.add_argument("config", help="a trial config YAML, or a search spec (its fixed values)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--out", default="runs/train", help="folder for checkpoint and artifacts")
+    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    train.set_defaults(func=cmd_train)

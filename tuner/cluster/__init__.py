@@ -1,0 +1,1 @@
+"""Connecting to Ray (connect.py) and the checks a cluster gets before any trial (preflight.py)."""

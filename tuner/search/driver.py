@@ -1,0 +1,106 @@
+"""The search driver: SearchSpec -> Ray Tune Tuner with our OptunaSearch + the spec's scheduler.
+
+``run_search`` runs a search (or a ``--more`` extension of one) to its end; ``resume_search``
+continues one whose driver died. What Optuna is told about each trial is in ``searcher.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+
+from tuner.cluster.connect import start_ray
+from tuner.errors import UserError
+from tuner.places import SearchPlaces
+from tuner.search.schedulers import build_scheduler
+from tuner.search.searcher import build_searcher, fail_orphaned_trials
+from tuner.search.space import grid_size
+from tuner.spec.model import SearchSpec
+from tuner.tracking.callback import MlflowTracking
+from trainables.trial import tune_trainable
+
+log = logging.getLogger(__name__)
+
+
+def trial_dirname(trial) -> str:
+    # Ray's default folder name spells out every config value and truncates it; the id is enough.
+    return f"trial_{trial.trial_id}"
+
+
+def _trainable(spec: SearchSpec):
+    return tune.with_resources(tune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
+                *, experiment: Optional[tuple[str, str]] = None) -> tune.Tuner:
+    searcher = build_searcher(spec, places, study_name=spec.name, warm_start=experiment is None)
+    storage_path, name = experiment or (places.storage_path, spec.name)
+    return tune.Tuner(
+        _trainable(spec),
+        param_space=spec.base_config(),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
+            scheduler=build_scheduler(spec.scheduler.name, metric=spec.metric, mode=spec.mode,
+                                      epochs=spec.epochs, options=spec.scheduler.options),
+            # A grid search runs its grid exactly once, whatever budget.num_samples says.
+            num_samples=grid_size(spec.space) if spec.sampler.name == "grid" else spec.budget.num_samples,
+            time_budget_s=spec.budget.time_budget_s,
+            reuse_actors=False,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[tracking],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,  # the best by metric (for promote) and Ray keeps the latest (resume)
+                checkpoint_score_attribute=spec.metric,
+                checkpoint_score_order=spec.mode,
+            ),
+            # A trial may lose its node (spot reclaim) a few times and still resume from its checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def ensure_new_search(places: SearchPlaces, name: str) -> None:
+    search_dir = places.search_dir(name)
+    if "://" not in search_dir and Path(search_dir).exists():
+        raise UserError(
+            f"search {name!r} already exists in {places.storage_path}; "
+            f"continue it with `tuner resume {name}` or choose another --name"
+        )
+
+
+def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
+               *, address: Optional[str] = None, experiment: Optional[tuple[str, str]] = None):
+    """Runs a search to its end. ``experiment`` = (storage path, Ray experiment name) for a
+    ``--more`` extension, which is a new Ray experiment continuing the same Optuna study."""
+    start_ray(address)
+    tuner = build_tuner(spec, places, tracking, experiment=experiment)
+    try:
+        return tuner.fit()
+    finally:
+        fail_orphaned_trials(spec, places)
+
+
+def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[str] = None):
+    """Continues a search whose driver died: unfinished trials resume from their checkpoints, the
+    searcher and the MLflow callback come back from the experiment state (same runs, same study)."""
+    path = places.search_dir(spec.name)
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"search {spec.name!r} has no restorable state in {places.storage_path}")
+    start_ray(address)
+    tuner = tune.Tuner.restore(
+        path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True,
+        param_space=spec.base_config(),
+    )
+    try:
+        return tuner.fit()
+    finally:
+        fail_orphaned_trials(spec, places)

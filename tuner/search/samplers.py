@@ -1,0 +1,126 @@
+"""Sampler registry: name -> how to build the Optuna sampler, the options it takes, the space it handles.
+
+Adding a sampler is one ``@SAMPLERS.register`` entry here; the spec parser, the docs' list and the
+tests read the entries (their options and supported parameter kinds), so nothing else changes.
+
+Builders import optuna inside themselves: the spec parser reads this registry's metadata, and
+``tuner train`` / the diagnostics parse specs without needing Optuna loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tuner.search.options import Option
+from trainables.registry import Registry
+
+CONTINUOUS = frozenset({"loguniform", "uniform", "int"})
+ALL_KINDS = CONTINUOUS | {"choice", "grid"}
+
+
+@dataclass(frozen=True)
+class SamplerBuild:
+    """What a builder gets: the spec's parameters (``tuner.spec.space.Param``), seed and options."""
+
+    space: tuple
+    seed: Any
+    options: dict
+    max_concurrent: int
+
+    @property
+    def conditional(self) -> bool:
+        return any(p.when for p in self.space)
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    build: Callable[[SamplerBuild], Any]  # -> optuna.samplers.BaseSampler
+    summary: str
+    kinds: frozenset = ALL_KINDS  # parameter kinds it can sample
+    options: dict = field(default_factory=dict)  # name -> Option
+
+
+SAMPLERS: Registry[SamplerEntry] = Registry("sampler")
+
+
+def _register(name: str, **entry):
+    def add(build):
+        SAMPLERS.register(name)(SamplerEntry(build=build, **entry))
+        return build
+    return add
+
+
+@_register(
+    "tpe", summary="Tree-structured Parzen estimator (multivariate, grouped for conditional spaces)",
+    options={
+        "multivariate": Option(bool, True, help="model parameters jointly"),
+        "group": Option(bool, None, help="split conditional subspaces (default: on when the space has `when`)"),
+        "constant_liar": Option(bool, None, help="penalise running trials (default: on when max_concurrent > 1)"),
+        "n_startup_trials": Option(int, 10, minimum=0, help="random trials before the model is used"),
+        "n_ei_candidates": Option(int, 24, minimum=1, help="candidates scored per suggestion"),
+    },
+)
+def _tpe(b: SamplerBuild):
+    import optuna  # heavy: only when a search builds its sampler
+
+    o = b.options
+    return optuna.samplers.TPESampler(
+        seed=b.seed, multivariate=o["multivariate"],
+        group=b.conditional if o["group"] is None else o["group"],
+        constant_liar=b.max_concurrent > 1 if o["constant_liar"] is None else o["constant_liar"],
+        n_startup_trials=o["n_startup_trials"], n_ei_candidates=o["n_ei_candidates"],
+    )
+
+
+@_register("random", summary="Independent uniform sampling (the baseline every method must beat)")
+def _random(b: SamplerBuild):
+    import optuna  # heavy: only when a search builds its sampler
+
+    return optuna.samplers.RandomSampler(seed=b.seed)
+
+
+@_register(
+    "cmaes", summary="CMA-ES over continuous parameters", kinds=CONTINUOUS,
+    options={
+        "sigma0": Option(float, None, minimum=0, help="initial step size (default: 1/6 of the range)"),
+        "n_startup_trials": Option(int, 1, minimum=0),
+        "with_margin": Option(bool, False, help="CMA-ES with margin (for integer parameters)"),
+        "lr_adapt": Option(bool, False, help="learning-rate adaptation for noisy objectives"),
+    },
+)
+def _cmaes(b: SamplerBuild):
+    import optuna  # heavy: only when a search builds its sampler
+
+    return optuna.samplers.CmaEsSampler(seed=b.seed, **b.options)
+
+
+@_register(
+    "qmc", summary="Quasi-Monte Carlo (Sobol or Halton) over continuous parameters", kinds=CONTINUOUS,
+    options={
+        "qmc_type": Option(str, "sobol", choices=("sobol", "halton")),
+        "scramble": Option(bool, True, help="randomised (seeded) low-discrepancy sequence"),
+    },
+)
+def _qmc(b: SamplerBuild):
+    import optuna  # heavy: only when a search builds its sampler
+
+    # Optuna's QMC seed only scrambles; an unscrambled sequence is the same for every seed.
+    return optuna.samplers.QMCSampler(seed=b.seed, **b.options)
+
+
+@_register("grid", summary="Every combination of choice/grid options, exactly once",
+           kinds=frozenset({"choice", "grid"}))
+def _grid(b: SamplerBuild):
+    import optuna  # heavy: only when a search builds its sampler
+
+    if b.conditional:
+        # GridSampler needs every parameter in every trial; a conditional grid's points are
+        # enqueued by the driver instead (grid_points), in order, and sampled no further.
+        return optuna.samplers.RandomSampler(seed=b.seed)
+    return optuna.samplers.GridSampler({p.name: list(p.choices) for p in b.space}, seed=b.seed)
+
+
+def build_sampler(name: str, *, space: tuple, seed: Any, options: dict, max_concurrent: int):
+    """The Optuna sampler of registry entry ``name`` (options already checked by the spec)."""
+    return SAMPLERS.get(name).build(SamplerBuild(space, seed, options, max_concurrent))

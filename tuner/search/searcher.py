@@ -1,0 +1,105 @@
+"""Our OptunaSearch: a persistent study, told the truth about every trial.
+
+A trial stopped by the scheduler is PRUNED (with its intermediate values), a diverged or crashed one
+FAILS, and only a trial that ended itself (its epochs done, or converged under dev-decay) is
+COMPLETE. Upstream OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, which
+teaches TPE that 2-epoch accuracies are final ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.places import SearchPlaces
+from tuner.redact import expand_env
+from tuner.search.samplers import build_sampler
+from tuner.search.space import define_by_run, grid_points
+from tuner.spec.model import SearchSpec
+from trainables.status import COMPLETED, CONVERGED, DIVERGED
+
+log = logging.getLogger(__name__)
+
+
+def optuna_outcome(result: Optional[dict], *, error: bool, metric: str):
+    """(state, value) to tell Optuna for a finished trial."""
+    status = (result or {}).get("status")
+    value = (result or {}).get(metric)
+    if error or status == DIVERGED or value is None:
+        return optuna.trial.TrialState.FAIL, None
+    if status in (COMPLETED, CONVERGED):
+        return optuna.trial.TrialState.COMPLETE, float(value)
+    # Still "running" in its last report: the scheduler (or the time budget) stopped it early.
+    return optuna.trial.TrialState.PRUNED, None
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, value = optuna_outcome(result, error=error, metric=self.metric)
+        reached = (result or {}).get(self.metric)
+        if state == optuna.trial.TrialState.PRUNED and reached is not None:
+            # Ray hands the result on which the scheduler stops a trial to on_trial_complete only,
+            # never to on_trial_result: record it, so the pruned trial keeps the value it reached.
+            self._ot_trials[trial_id].report(float(reached), int(result.get("training_iteration", 0)))
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as err:  # an already-finished trial after a restore, say
+            log.warning("could not tell Optuna about trial %s: %s", trial_id, err)
+        self._completed_trials.add(trial_id)
+
+
+def optuna_storage_url(spec: SearchSpec, places: SearchPlaces) -> str:
+    if spec.storage:
+        return expand_env(spec.storage, what=f"{spec.source}: storage")
+    return f"sqlite:///{(places.state_dir / 'optuna.db').resolve()}"
+
+
+def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str,
+                   warm_start: bool = True) -> TruthfulOptunaSearch:
+    """OptunaSearch on a persistent study (SQLite beside the results, or the spec's storage URL).
+
+    ``warm_start`` enqueues points_to_evaluate (and a conditional grid); an extension (--more) of
+    an existing study must not enqueue them twice.
+    """
+    points = list(spec.points_to_evaluate) if warm_start else []
+    if warm_start and spec.sampler.name == "grid" and any(p.when for p in spec.space):
+        points += grid_points(spec.space)
+    places.state_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(optuna_storage_url(spec, places))
+    return TruthfulOptunaSearch(
+        space=define_by_run(spec.space),
+        metric=spec.metric,
+        mode=spec.mode,
+        sampler=build_sampler(spec.sampler.name, space=spec.space, seed=spec.sampler.seed,
+                              options=spec.sampler.options, max_concurrent=spec.budget.max_concurrent),
+        study_name=study_name,
+        storage=storage,
+        points_to_evaluate=points or None,
+    )
+
+
+def fail_orphaned_trials(spec: SearchSpec, places: SearchPlaces) -> int:
+    """Optuna trials still RUNNING once the driver is done belong to no Ray trial any more (the
+    driver was killed between asking Optuna and saving its state): tell Optuna they FAILED, so
+    the study holds exactly the trials that ran."""
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=optuna_storage_url(spec, places))
+    except KeyError:
+        return 0
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for frozen in orphans:
+        optuna.trial.Trial(study, frozen._trial_id).set_user_attr("tuner_orphaned", True)
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)
