@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
@@ -31,16 +31,19 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(spec: SearchSpec):
-    return tune.with_resources(tune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+def _trainable(spec: SearchSpec, function: Callable[[dict], None]):
+    return tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
-                *, experiment: Optional[tuple[str, str]] = None) -> tune.Tuner:
+                *, experiment: Optional[tuple[str, str]] = None,
+                trainable: Callable[[dict], None] = tune_trainable) -> tune.Tuner:
+    """The Ray Tune Tuner of a search. ``trainable`` is the shared trainable; benchmarks and tests
+    pass one that replays recorded curves, to run this same search path in simulated time."""
     searcher = build_searcher(spec, places, study_name=spec.name, warm_start=experiment is None)
     storage_path, name = experiment or (places.storage_path, spec.name)
     return tune.Tuner(
-        _trainable(spec),
+        _trainable(spec, trainable),
         param_space=spec.base_config(),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
@@ -78,11 +81,12 @@ def ensure_new_search(places: SearchPlaces, name: str) -> None:
 
 
 def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
-               *, address: Optional[str] = None, experiment: Optional[tuple[str, str]] = None):
+               *, address: Optional[str] = None, experiment: Optional[tuple[str, str]] = None,
+               trainable: Callable[[dict], None] = tune_trainable):
     """Runs a search to its end. ``experiment`` = (storage path, Ray experiment name) for a
     ``--more`` extension, which is a new Ray experiment continuing the same Optuna study."""
     start_ray(address)
-    tuner = build_tuner(spec, places, tracking, experiment=experiment)
+    tuner = build_tuner(spec, places, tracking, experiment=experiment, trainable=trainable)
     try:
         return tuner.fit()
     finally:
@@ -97,7 +101,7 @@ def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[s
         raise UserError(f"search {spec.name!r} has no restorable state in {places.storage_path}")
     start_ray(address)
     tuner = tune.Tuner.restore(
-        path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True,
+        path, trainable=_trainable(spec, tune_trainable), resume_unfinished=True, resume_errored=True,
         param_space=spec.base_config(),
     )
     try:

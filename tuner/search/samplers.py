@@ -1,6 +1,6 @@
 """Sampler registry: name -> how to build the Optuna sampler, the options it takes, the space it handles.
 
-Adding a sampler is one ``@SAMPLERS.register`` entry here; the spec parser, the docs' list and the
+Adding a sampler is one ``_register(...)`` entry here; the spec parser, the docs' list and the
 tests read the entries (their options and supported parameter kinds), so nothing else changes.
 
 Builders import optuna inside themselves: the spec parser reads this registry's metadata, and

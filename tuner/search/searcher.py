@@ -53,10 +53,15 @@ class TruthfulOptunaSearch(OptunaSearch):
             # Ray hands the result on which the scheduler stops a trial to on_trial_complete only,
             # never to on_trial_result: record it, so the pruned trial keeps the value it reached.
             self._ot_trials[trial_id].report(float(reached), int(result.get("training_iteration", 0)))
+        ot_trial = self._ot_trials[trial_id]
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+            self._ot_study.tell(ot_trial, value, state=state)
         except Exception as err:  # an already-finished trial after a restore, say
-            log.warning("could not tell Optuna about trial %s: %s", trial_id, err)
+            stored = self._ot_study._storage.get_trial(ot_trial._trial_id).state
+            # GridSampler stops the study once its grid is done, raising from tell after the
+            # state is stored: the trial was told, nothing to warn about.
+            (log.debug if stored.is_finished() else log.warning)(
+                "could not tell Optuna about trial %s: %s", trial_id, err)
         self._completed_trials.add(trial_id)
 
 
