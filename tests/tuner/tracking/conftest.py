@@ -3,7 +3,11 @@
 A real ``mlflow server`` backed by a fresh PostgreSQL database (dropped afterwards) and a local
 artifact root; the real CLI (``python -m tuner.cli search … --tracking-uri http://…``) runs a tiny
 search against it; once a trial has logged an epoch the server is STOPPED, and started again once the
-search has buffered writes. The tests then read the run tree, the leaderboard, promote, predict and
+search has buffered writes, while the search provably still runs (its driver is paused with
+SIGSTOP around each server stop and start, so no trial result slips through unseen). The buffer is
+replayed mid-search; then the server is stopped again and the search ends with writes unsent, which
+`tuner flush` sends once the server is back. The search runs inside a throw-away git repository, so
+its lineage tag names a known commit. The tests then read the run tree, the leaderboard, promote, predict and
 the UI from that one search. Budget on 2 cores: the server start and the search ~60 s, everything
 else ~40 s (the CLI runs in-process, `tuner.cli.main`, except the search and `tuner ui`).
 """
@@ -20,7 +24,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -55,7 +59,8 @@ def free_port() -> int:
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, what: str,
-             alive: Optional[subprocess.Popen] = None, log: Optional[Path] = None):
+             alive: Optional[subprocess.Popen] = None, log: Optional[Path] = None,
+             interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -64,7 +69,7 @@ def wait_for(condition: Callable[[], object], *, timeout: float, what: str,
         if alive is not None and alive.poll() is not None:
             tail = log.read_text()[-3000:] if log and log.is_file() else ""
             raise AssertionError(f"process exited ({alive.returncode}) while waiting for {what}:\n{tail}")
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -148,7 +153,11 @@ class TeamSearch:
     returncode: int
     output: str
     pending_during_outage: int  # writes the search had buffered when the server came back
-    unsent_at_end: int  # writes still buffered when the search ended (server back too late)
+    unsent_at_end: int  # writes still buffered when the search ended (second outage)
+    results_at_replay: int  # trial results the driver had handled when its buffer was replayed
+    results_total: int  # ... and when the search ended: more = the replay happened mid-search
+    flush: Optional["CliResult"]  # `tuner flush team` once the server was back after the end
+    commit: str  # HEAD of the throw-away git repository the search was started in
 
     @property
     def state_dir(self) -> Path:
@@ -172,6 +181,34 @@ def trial_epochs_logged(client, name: str) -> bool:
     return any("val_acc" in r.data.metrics for r in runs)
 
 
+def results_handled(ray_dir: Path) -> int:
+    """Trial results the driver has written to Ray's result.json files so far."""
+    return sum(len(rows) for rows in ray_results(ray_dir).values()) if ray_dir.is_dir() else 0
+
+
+def git_repository(folder: Path) -> str:
+    """``folder`` as a git repository with one commit (the user's project); returns its HEAD."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t",
+                               *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "team.yaml")
+    git("commit", "-q", "-m", "the search spec")
+    return git("rev-parse", "HEAD")
+
+
+@contextmanager
+def paused(process: subprocess.Popen):
+    """The search's driver stopped (SIGSTOP, the driver only: Ray and the trials keep their state,
+    trials wait at their next report) for the duration of the block."""
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+
+
 @pytest.fixture(scope="session")
 def team_search(tracking_server, demo_data, tmp_path_factory) -> TeamSearch:
     from mlflow.tracking import MlflowClient
@@ -180,6 +217,7 @@ def team_search(tracking_server, demo_data, tmp_path_factory) -> TeamSearch:
     spec = dict(SPEC, data={"train": str(demo_data / "train"), "val": str(demo_data / "val"),
                             "image_size": 32})
     (work / "team.yaml").write_text(yaml.safe_dump(spec))
+    commit = git_repository(work)
     log = work / "search.log"
     with open(log, "w") as out:
         search = subprocess.Popen(
@@ -187,15 +225,27 @@ def team_search(tracking_server, demo_data, tmp_path_factory) -> TeamSearch:
             cwd=work, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    state_dir = work / "runs" / SEARCH / "tuner_state"
+    state_dir, ray_dir = work / "runs" / SEARCH / "tuner_state", work / "runs" / SEARCH
     try:
         client = MlflowClient(tracking_server.uri)
         wait_for(lambda: trial_epochs_logged(client, SEARCH), timeout=300,
                  what="a first epoch in MLflow", alive=search, log=log)
-        tracking_server.stop()
-        pending = wait_for(lambda: pending_writes(state_dir), timeout=300,
-                           what="writes buffered during the outage", alive=search, log=log)
-        tracking_server.start()
+        with paused(search):  # outage 1 starts while trials are still running
+            tracking_server.stop()
+        # Two writes queued: the first send failed and was kept (one alone may still be in flight,
+        # in MLflow's own HTTP retries, and succeed once the server is back: no outage seen).
+        pending = wait_for(lambda: pending_writes(state_dir) >= 2 and pending_writes(state_dir),
+                           timeout=300, what="writes buffered during the outage", alive=search, log=log)
+        with paused(search):  # no result is handled while the server restarts
+            tracking_server.start()
+        # The buffer is replayed on the driver's next write: catch that moment and pause there.
+        wait_for(lambda: pending_writes(state_dir) == 0 or search.poll() is not None, timeout=300,
+                 what="the buffered writes to be sent", interval=0.05)
+        at_replay = results_handled(ray_dir)
+        if search.poll() is None:
+            with paused(search):  # outage 2: lasts until the search has ended
+                at_replay = results_handled(ray_dir)
+                tracking_server.stop()
         search.wait(timeout=600)
     finally:
         if search.poll() is None:
@@ -204,11 +254,15 @@ def team_search(tracking_server, demo_data, tmp_path_factory) -> TeamSearch:
     output = log.read_text()
     assert search.returncode == 0, output[-4000:]
     unsent = pending_writes(state_dir)
-    if unsent:  # the search ended before the server was back: what `tuner resume` would send
+    if not tracking_server.healthy():
+        tracking_server.start()
+    flush = run_cli("flush", SEARCH, cwd=work) if unsent else None
+    if pending_writes(state_dir):  # whatever happened above, the other tests read a complete tree
         from tuner.tracking.buffer import replay
 
-        assert not replay(tracking_uri=tracking_server.uri, state_dir=state_dir, search_name=SEARCH)
-    return TeamSearch(work, SEARCH, tracking_server, search.returncode, output, pending, unsent)
+        replay(tracking_uri=tracking_server.uri, state_dir=state_dir, search_name=SEARCH)
+    return TeamSearch(work, SEARCH, tracking_server, search.returncode, output, pending, unsent,
+                      at_replay, results_handled(ray_dir), flush, commit)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from tests.tuner.tracking.conftest import assert_user_error, run_cli
 from trainables.data import load_rgb_image
@@ -96,17 +97,50 @@ def test_images(demo_data, tmp_path_factory) -> Path:
     return folder
 
 
-def expected_labels(version, images: Path, tta: str) -> dict[str, str]:
-    """What the promoted checkpoint predicts, computed here: argmax of the (averaged) softmax."""
+def views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The test-time views by their definition (README, `tuner predict --tta`), built here with
+    torch and torchvision's own ops: ``none`` the image; ``flips`` + its mirror (left-right);
+    ``crops`` + the four corner crops of the image reflect-padded by 1/8 of its side."""
+    out = [images]
+    if tta in ("flips", "crops"):
+        out.append(torch.flip(images, dims=[-1]))
+    if tta == "crops":
+        side = images.shape[-1]
+        pad = side // 8
+        padded = TF.pad(images, [pad, pad, pad, pad], padding_mode="reflect")
+        out += [TF.crop(padded, top, left, side, side) for top in (0, 2 * pad) for left in (0, 2 * pad)]
+    return out
+
+
+def independent_probabilities(classifier, batch: torch.Tensor, tta: str) -> torch.Tensor:
+    """Softmax of the bare model on each view, averaged: not through Classifier.probabilities."""
+    with torch.no_grad():
+        return torch.stack([classifier.model(v).float().softmax(dim=1) for v in views(batch, tta)]).mean(dim=0)
+
+
+@pytest.fixture(scope="module")
+def champion(promoted, team_client, test_images):
+    """The @champion checkpoint and the first IMAGES test photos, preprocessed."""
+    version = team_client.get_model_version_by_alias("team", "champion")
     classifier = load_classifier(Path(version.tags["tuner.checkpoint"]) / "checkpoint.pt")
     ids = [str(n) for n in range(1, IMAGES + 1)]
-    batch = torch.stack([classifier.transform(load_rgb_image(images / f"{i}.jpg")) for i in ids])
-    probs = classifier.probabilities(batch, tta=tta)
-    return {i: classifier.class_names[p] for i, p in zip(ids, probs.argmax(dim=1).tolist())}
+    batch = torch.stack([classifier.transform(load_rgb_image(test_images / f"{i}.jpg")) for i in ids])
+    return classifier, ids, batch
 
 
-@pytest.mark.parametrize("tta", ["none", "flips"])
-def test_predict_writes_the_submission(promoted, team_search, team_client, test_images, tmp_path, tta):
+def test_tta_views_average_what_they_promise(champion):
+    classifier, _, batch = champion
+    assert batch.shape[-2:] == (32, 32)  # pad = 4 px: crops really shift
+    expected = {tta: independent_probabilities(classifier, batch, tta) for tta in ("none", "flips", "crops")}
+    for tta, probs in expected.items():
+        torch.testing.assert_close(classifier.probabilities(batch, tta=tta), probs, atol=1e-6, rtol=1e-5)
+    # The views change the answer: the mirror and the crops are not the image again.
+    assert (expected["flips"] - expected["none"]).abs().amax() > 1e-3
+    assert (expected["crops"] - expected["flips"]).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("tta", ["none", "flips", "crops"])
+def test_predict_writes_the_submission(champion, team_search, test_images, tmp_path, tta):
     out = tmp_path / "sub" / "submission.csv"
     proc = run_cli("predict", "models:/team@champion", "--images", str(test_images), "--out",
                  str(out), "--tta", tta, "--batch-size", "20", "--tracking-uri", team_search.server.uri)
@@ -116,8 +150,9 @@ def test_predict_writes_the_submission(promoted, team_search, team_client, test_
     assert "predict: 100%" in proc.stderr  # the progress bar
     rows = read_csv(out)
     assert [r["id"] for r in rows] == [str(n) for n in range(1, IMAGES + 1)]  # numeric id order
-    champion = team_client.get_model_version_by_alias("team", "champion")
-    assert {r["id"]: r["predicted"] for r in rows} == expected_labels(champion, test_images, tta)
+    classifier, ids, batch = champion
+    labels = independent_probabilities(classifier, batch, tta).argmax(dim=1).tolist()
+    assert {r["id"]: r["predicted"] for r in rows} == {i: classifier.class_names[p] for i, p in zip(ids, labels)}
     assert sorted(p.name for p in out.parent.iterdir()) == ["submission.csv"]  # no .part left
 
 

@@ -3,6 +3,8 @@ written through a tracking-server outage: nothing lost, nothing doubled, no junk
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ from tuner.tracking.lineage import dataset_fingerprint
 
 pytestmark = pytest.mark.slow
 
+TUNER_COMMIT = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
 
 def search_runs(client, name):
     experiment = client.get_experiment_by_name(name)
@@ -22,16 +27,26 @@ def search_runs(client, name):
     return experiment, parents, children
 
 
-def test_search_finishes_through_a_tracking_outage(team_search):
+def test_the_buffer_is_replayed_mid_search_when_the_server_returns(team_search):
     assert team_search.returncode == 0
     assert team_search.pending_during_outage > 0  # the outage really cost writes
-    assert pending_writes(team_search.state_dir) == 0  # ... and all were sent afterwards
-    if team_search.unsent_at_end == 0:  # the server came back mid-search: replayed there
-        assert "is back:" in team_search.output and "buffered writes sent" in team_search.output
-        assert "are NOT in MLflow" not in team_search.output
-    else:  # it came back after the end: each unsent write was listed, one line each
-        assert f"{team_search.unsent_at_end} writes of search team are NOT in MLflow" in team_search.output
-        assert team_search.output.count("\n  [") >= team_search.unsent_at_end
+    # Sent while the search still ran: trial results were handled after the replay.
+    assert team_search.results_at_replay < team_search.results_total, (
+        team_search.results_at_replay, team_search.results_total)
+    back = re.findall(r"MLflow at \S+ is back: (\d+) buffered writes sent", team_search.output)
+    assert back and int(back[0]) >= team_search.pending_during_outage, back
+
+
+def test_writes_unsent_at_the_end_are_listed_then_sent_by_tuner_flush(team_search):
+    unsent = team_search.unsent_at_end
+    assert unsent > 0  # the second outage lasted past the end of the search
+    assert f"{unsent} writes of search team are NOT in MLflow yet" in team_search.output
+    assert f"sent by `tuner resume team`:\n" in team_search.output
+    listing = re.findall(r"^  \[(\d+)\] ", team_search.output, re.M)
+    assert listing == [str(i) for i in range(1, unsent + 1)]  # each unsent write, one line each
+    flush = team_search.flush
+    assert (flush.returncode, flush.stdout, flush.stderr) == (0, "all buffered MLflow writes sent\n", "")
+    assert pending_writes(team_search.state_dir) == 0
 
 
 def test_every_reported_epoch_is_in_mlflow_once(team_search, team_client):
@@ -57,6 +72,7 @@ def test_run_tree_shape_params_and_no_junk(team_search, team_client):
     assert parent.info.status == "FINISHED" and parent.data.tags["tuner.status"] == "completed"
     assert parent.data.params["sampler.name"] == "tpe" and parent.data.params["scheduler.name"] == "asha"
     assert parent.data.params["space.lr"] == "loguniform"
+    assert parent.data.tags["mlflow.source.git.commit"] == team_search.commit
     assert [a.path for a in team_client.list_artifacts(parent.info.run_id)] == ["team.yaml"]
     allowed = set(METRIC_NAMES) | {"best_val_acc"}
     configs = {tid: rows[-1]["config"] for tid, rows in ray_results(team_search.ray_dir).items()}
@@ -86,7 +102,9 @@ def test_lineage_tags_and_checkpoint_uri(team_search, team_client, demo_data):
         assert tags["tuner.dataset_fingerprint"] == fingerprint["tuner.dataset_fingerprint"]
         assert "train: 3000 files" in tags["tuner.dataset_files"]
         assert "torch=" in tags["tuner.versions"] and "mlflow=" in tags["tuner.versions"]
-        assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40
+        # The repository the search was started in (the user's project), and tuner's own checkout.
+        assert tags["mlflow.source.git.commit"] == team_search.commit
+        assert tags["tuner.code_commit"] == TUNER_COMMIT
         checkpoint = Path(tags["tuner.best_checkpoint"]).resolve()
         assert checkpoint.is_relative_to(team_search.ray_dir.resolve())
         assert (checkpoint / "checkpoint.pt").is_file()
