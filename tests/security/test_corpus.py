@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from tests.tuner.datasets.loopback_server import (
@@ -36,7 +36,8 @@ from tuner.datasets.netguard import BlockedURL, check_url
 from tuner.spec import SpecError, load_spec, parse_spec
 
 # --------------------------------------------------------------------------------------------
-# Images: (file name, bytes factory, expected). Expected is ("rgb", (width, height)) or ("raises",).
+# Images: (file name, bytes factory, expected). Expected is ("rgb", (width, height)) or
+# ("raises", exception type, message pattern): a TypeError from a loader bug is no "unreadable".
 
 
 def _png16() -> bytes:
@@ -62,15 +63,20 @@ def _truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
+TRUNCATED = ("raises", OSError, "^image file is truncated")
+NOT_AN_IMAGE = ("raises", UnidentifiedImageError, "^cannot identify image file")
+
 IMAGE_CASES: dict[str, tuple[str, Callable[[], bytes], tuple]] = {
-    "truncated_jpeg": ("cut.jpg", lambda: jpeg(80, 60, 1)[:700], ("raises",)),
-    "truncated_png": ("cut.png", _truncated_png, ("raises",)),
-    "zero_bytes": ("empty.jpg", lambda: b"", ("raises",)),
-    "html_named_jpg": ("page.jpg", lambda: b"<html><body>Image removed</body></html>", ("raises",)),
-    "text_named_png": ("notes.png", lambda: b"just some text\n" * 20, ("raises",)),
-    "bomb_400_megapixels": ("bomb.png", lambda: bomb_png(20_000), ("raises",)),
+    "truncated_jpeg": ("cut.jpg", lambda: jpeg(80, 60, 1)[:700], TRUNCATED),
+    "truncated_png": ("cut.png", _truncated_png, TRUNCATED),
+    "zero_bytes": ("empty.jpg", lambda: b"", NOT_AN_IMAGE),
+    "html_named_jpg": ("page.jpg", lambda: b"<html><body>Image removed</body></html>", NOT_AN_IMAGE),
+    "text_named_png": ("notes.png", lambda: b"just some text\n" * 20, NOT_AN_IMAGE),
+    "bomb_400_megapixels": ("bomb.png", lambda: bomb_png(20_000),
+                            ("raises", Image.DecompressionBombError, "^Image size \\(400000000 pixels\\) exceeds")),
     # 100 MP: above Pillow's warning limit (~89 MP), below its error limit: the loader promotes it.
-    "bomb_100_megapixels": ("bomb100.png", lambda: bomb_png(10_000), ("raises",)),
+    "bomb_100_megapixels": ("bomb100.png", lambda: bomb_png(10_000),
+                            ("raises", Image.DecompressionBombWarning, "^Image size \\(100000000 pixels\\) exceeds")),
     "cmyk_jpeg": ("cmyk.jpg", lambda: cmyk_jpeg(40, 30, 2), ("rgb", (40, 30))),
     "png_16bit": ("deep.png", _png16, ("rgb", (48, 24))),
     "palette_gif": ("palette.gif", lambda: gif(50, 40, 3), ("rgb", (50, 40))),
@@ -96,7 +102,7 @@ def test_image_loader(case: str, tmp_path: Path) -> None:
     path = _write_case(tmp_path, case)
     expected = IMAGE_CASES[case][2]
     if expected[0] == "raises":
-        with pytest.raises(Exception):
+        with pytest.raises(expected[1], match=expected[2]):
             load_rgb_image(path)
         return
     image = load_rgb_image(path)
