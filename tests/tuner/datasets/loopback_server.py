@@ -111,7 +111,8 @@ class Behaviour:
     """What the server does for one path.
 
     kind: ``body`` (status/content-type/body), ``slow`` (sleep ``delay``
-    then body), ``truncated`` (Content-Length > bytes sent, then close),
+    then body), ``hang`` (headers never sent until the server stops: a timeout
+    whatever the client's timeout and the machine's load), ``truncated`` (Content-Length > bytes sent, then close),
     ``stream`` (no Content-Length, close-delimited), ``reset`` (TCP RST),
     ``redirect`` (``status`` to ``location``), ``flaky`` (503 for the first
     ``fail_times`` hits, then body), ``drip`` (one byte of ``body`` every
@@ -156,6 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _do_body(self, b: Behaviour, hits: int) -> None:
         self._send(b.status, b.body, b.content_type)
+
+    def _do_hang(self, b: Behaviour, hits: int) -> None:
+        self.server.released.wait()  # set by stop(): the client has long given up by then
+        self.close_connection = True
 
     def _do_slow(self, b: Behaviour, hits: int) -> None:
         time.sleep(b.delay)
@@ -223,6 +228,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self.routes: dict[str, Behaviour] = {}
         self.hits: Counter[str] = Counter()
         self.delay = 0.0  # added to every request (to make runs last a while)
+        self.released = threading.Event()  # lets ``hang`` handlers go at stop()
         self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -250,6 +256,7 @@ class LoopbackServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self.shutdown()
         self.server_close()
 
