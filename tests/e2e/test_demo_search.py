@@ -23,11 +23,14 @@ SPEC = {
     "fixed": {"epochs": 3, "train_subset": 600, "augmentation": "light", "arch": "resnet18",
               "width": 0.125, "batch_size": 64},
     "space": {
-        "lr": {"loguniform": [0.005, 0.2]},
+        "lr": {"loguniform": [0.005, 1000.0]},
         "optimizer": {"choice": ["sgd", "adam"]},
     },
-    # Known-good first, then a learning rate far too small to learn: ASHA must stop the latter.
-    "points_to_evaluate": [{"lr": 0.05, "optimizer": "sgd"}, {"lr": 0.0050001, "optimizer": "adam"}],
+    # Known-good first, then a learning rate far too small to learn (ASHA must stop it), then one
+    # so large that the loss becomes NaN in the first steps (the trial must end as diverged; at 40
+    # BatchNorm keeps the loss finite, if huge, and the trial merely learns nothing).
+    "points_to_evaluate": [{"lr": 0.05, "optimizer": "sgd"}, {"lr": 0.0050001, "optimizer": "adam"},
+                           {"lr": 1000.0, "optimizer": "sgd"}],
     "sampler": {"name": "tpe", "seed": 0},
     "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
     "budget": {"num_samples": 4, "max_concurrent": 1},
@@ -73,7 +76,10 @@ def test_search_writes_a_run_tree_with_every_epoch(finished_search):
                        for k in child.data.metrics)
     statuses = [c.data.tags["tuner.status"] for c in children]
     assert "early_stopped" in statuses, statuses
-    assert all(s in ("completed", "early_stopped", "converged") for s in statuses), statuses
+    assert all(s in ("completed", "early_stopped", "converged", "diverged") for s in statuses), statuses
+    planted = [c for c in children if float(c.data.params["lr"]) == 1000.0]
+    assert [c.data.tags["tuner.status"] for c in planted] == ["diverged"]
+    assert planted[0].info.status == "FINISHED"  # a diverged trial is a result, not a crash
 
 
 def test_leaderboard_order_matches_mlflow(finished_search):
@@ -139,9 +145,12 @@ def test_optuna_study_holds_the_truth_about_every_trial(finished_search):
         trial = by_ray_id[trial_id]
         expected = {"early_stopped": optuna.trial.TrialState.PRUNED,
                     "completed": optuna.trial.TrialState.COMPLETE,
-                    "converged": optuna.trial.TrialState.COMPLETE}[tag]
+                    "converged": optuna.trial.TrialState.COMPLETE,
+                    "diverged": optuna.trial.TrialState.FAIL}[tag]
         assert trial.state == expected, (trial_id, tag, trial.state)
         # Pruned trials keep their intermediate values: TPE learns from what they did reach.
-        assert len(trial.intermediate_values) >= 1
+        assert tag == "diverged" or len(trial.intermediate_values) >= 1
+    diverged = [t for t in study.trials if t.params["lr"] == 1000.0]
+    assert [t.state for t in diverged] == [optuna.trial.TrialState.FAIL]
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == \
         sum(tag == "early_stopped" for tag in status.values()) >= 1
