@@ -52,7 +52,7 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
             # A grid search runs its grid exactly once, whatever budget.num_samples says.
             num_samples=grid_size(spec.space) if spec.sampler.name == "grid" else spec.budget.num_samples,
             time_budget_s=spec.budget.time_budget_s,
-            reuse_actors=False,
+            reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(

@@ -1,0 +1,139 @@
+"""Every sampler and scheduler inside a real Ray search (our driver, OptunaSearch, the scheduler,
+the MLflow callback), fractional GPU shares, and a trial that really raises.
+
+The trainable is ``synthetic.synthetic_trial`` (a known answer, milliseconds per epoch), so the
+search path itself is what runs: one Ray session for the module, one small search per case.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import optuna
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from tests.tuner.search import synthetic
+from tuner.places import SearchPlaces
+from tuner.search.command import make_tracking
+from tuner.search.driver import run_search
+from tuner.search.samplers import SAMPLERS
+from tuner.search.schedulers import SCHEDULERS
+from tuner.search.searcher import optuna_storage_url
+from tuner.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+SPACE_FOR_KINDS = {
+    "continuous": {"lr": {"loguniform": [0.001, 1.0]}, "momentum": {"uniform": [0.5, 0.99]}},
+    "mixed": {"lr": {"loguniform": [0.001, 1.0]}, "optimizer": {"choice": ["sgd", "adam"]}},
+    "choices": {"lr": {"choice": [0.005, 0.05, 0.5]}},  # a grid of exactly 3 points
+}
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    events = tmp_path_factory.mktemp("events")
+    os.environ[synthetic.EVENTS_ENV] = str(events)
+    synthetic.set_hold(events)
+    # Workers must unpickle the test trainable without this test package on their path.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[synthetic.__name__])
+    # 8 logical CPUs and one logical GPU: the shares are what Ray schedules, not the hardware.
+    ray.init(address="local", num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield events
+    ray.shutdown()
+    del os.environ[synthetic.EVENTS_ENV]
+
+
+def search(tmp_path, events, name: str, *, hold: int = 0, **raw):
+    synthetic.set_hold(events, hold, raw.get("budget", {}).get("num_samples", 3))
+    spec = parse_spec({
+        "name": name, "data": {"train": str(tmp_path), "val": str(tmp_path)},
+        "fixed": {"epochs": 3}, "resources": {"cpu": 1, "gpu": 0},
+        "budget": {"num_samples": 3, "max_concurrent": 2, "max_failures": 0}, **raw,
+    }, source=f"{name}.yaml")
+    places = SearchPlaces(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          tmp_path / "mlruns", tmp_path / "runs" / name / "tuner_state")
+    results = run_search(spec, places, make_tracking(spec, places, None, tmp_path),
+                         trainable=synthetic.synthetic_trial)
+    study = optuna.load_study(study_name=name, storage=optuna_storage_url(spec, places))
+    client = MlflowClient(places.tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], "tags.`tuner.kind` = 'trial'")
+    return results, study, {r.data.tags["tuner.trial_id"]: r for r in runs}
+
+
+def space_for(sampler: str) -> dict:
+    kinds = SAMPLERS.get(sampler).kinds
+    if "loguniform" not in kinds:
+        return SPACE_FOR_KINDS["choices"]
+    return SPACE_FOR_KINDS["mixed" if "choice" in kinds else "continuous"]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_every_sampler_runs_a_ray_search(ray_session, tmp_path, sampler):
+    results, study, runs = search(tmp_path, ray_session, f"s-{sampler}", space=space_for(sampler),
+                                  sampler={"name": sampler, "seed": 1}, scheduler={"name": "fifo"})
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(r.error is None for r in results)
+    # Optuna holds each trial's final value (what the trial reported last, it ran all its epochs).
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(r.metrics["val_acc"] for r in results))
+    assert {r.data.tags["tuner.status"] for r in runs.values()} == {"completed"} and len(runs) == 3
+    if sampler == "grid":  # exactly the grid, each point once
+        assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3
+
+
+@pytest.mark.parametrize("scheduler", [s for s in SCHEDULERS.names() if SCHEDULERS.get(s).stops_early])
+def test_early_stopping_schedulers_prune_the_bad_trials(ray_session, tmp_path, scheduler):
+    options = {"grace_period": 1}
+    if scheduler == "median":
+        options["min_samples_required"] = 1
+    # The good point runs first and alone; the far-off ones are stopped at their first chance.
+    results, study, runs = search(
+        tmp_path, ray_session, f"p-{scheduler}", fixed={"epochs": 4},
+        space={"lr": {"loguniform": [0.0001, 1.0]}},
+        points_to_evaluate=[{"lr": 0.05}, {"lr": 0.0001}, {"lr": 0.00011}],
+        sampler={"name": "random", "seed": 0}, scheduler={"name": scheduler, **options},
+        budget={"num_samples": 3, "max_concurrent": 1, "max_failures": 0},
+    )
+    by_lr = {round(t.params["lr"], 6): t for t in study.trials}
+    assert by_lr[0.05].state == optuna.trial.TrialState.COMPLETE
+    assert by_lr[0.0001].state == optuna.trial.TrialState.PRUNED
+    assert by_lr[0.00011].state == optuna.trial.TrialState.PRUNED
+    pruned = by_lr[0.0001]
+    assert pruned.intermediate_values and max(pruned.intermediate_values) < 4  # stopped before the end
+    statuses = sorted(r.data.tags["tuner.status"] for r in runs.values())
+    assert statuses == ["completed", "early_stopped", "early_stopped"]
+
+
+def test_a_trial_that_raises_fails_in_optuna_and_mlflow(ray_session, tmp_path):
+    results, study, runs = search(
+        tmp_path, ray_session, "crash", space={"lr": {"loguniform": [0.01, 0.1]},
+                                               "weight_decay": {"choice": [0.0, 0.9]}},
+        points_to_evaluate=[{"lr": 0.05, "weight_decay": 0.0}, {"lr": 0.05, "weight_decay": 0.9}],
+        sampler={"name": "random", "seed": 0}, scheduler={"name": "fifo"},
+        budget={"num_samples": 2, "max_concurrent": 1, "max_failures": 0},
+    )
+    by_decay = {t.params["weight_decay"]: t for t in study.trials}
+    assert by_decay[0.9].state == optuna.trial.TrialState.FAIL
+    assert by_decay[0.0].state == optuna.trial.TrialState.COMPLETE
+    errored = [r for r in results if r.error is not None]
+    assert len(errored) == 1 and "planted crash" in str(errored[0].error)
+    assert sorted(r.data.tags["tuner.status"] for r in runs.values()) == ["completed", "failed"]
+
+
+@pytest.mark.parametrize("share, expected", [(0.25, 4), (0.5, 2)])
+def test_gpu_shares_bound_how_many_trials_run_at_once(ray_session, tmp_path, share, expected):
+    # Each trial waits until `expected` run at once (or all have started): at 0.25 four run
+    # together and a fifth never joins them; at 0.5 only two can, whatever max_concurrent allows.
+    results, study, _ = search(
+        tmp_path, ray_session, f"gpu-{int(share * 100)}", hold=expected, space={"lr": {"loguniform": [0.01, 0.1]}},
+        sampler={"name": "random", "seed": 0}, scheduler={"name": "fifo"}, fixed={"epochs": 1},
+        resources={"cpu": 0, "gpu": share}, budget={"num_samples": expected + 1, "max_concurrent": 8},
+    )
+    assert all(r.error is None for r in results) and len(results) == expected + 1
+    assert synthetic.max_overlap(ray_session) == expected
