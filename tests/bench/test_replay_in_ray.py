@@ -1,0 +1,68 @@
+"""The replay trainable inside the REAL search path (spec -> our OptunaSearch -> ConcurrencyLimiter ->
+scheduler): every trial reports exactly the surrogate's curve for the configuration it was given,
+and the epoch budget ends the work of a search. One Ray session, one search of 3 trials."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import ray
+
+from bench.curves.methods import Bench, bench_spec, real_driver
+from bench.curves.replay import DIVERGED, EpochBudget, prepare_driver, replay_epochs
+from bench.curves.surrogate import Surrogate
+from tests.bench import synthetic_curves as syn
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    before = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    prepare_driver()
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    raw_spec = {"name": "replay", "data": {"train": ".", "val": "."}, "space": syn.SPACE,
+                "fixed": {"epochs": syn.EPOCHS}}
+    yield Bench(Surrogate.fit(*syn.recording(30, 4), tune_metric=False), raw_spec, budget_epochs=20,
+                concurrency=2, time_factor=0.0, work=tmp_path_factory.mktemp("replay"))
+    ray.shutdown()
+    if before is None:
+        os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+
+
+def test_a_ray_search_of_three_trials_reports_the_surrogates_curves_within_the_budget(bench):
+    # 3 trials x 8 epochs are asked for; the budget pays for 20 epochs: the third trial is cut short.
+    spec = bench_spec(bench, 5, "replay-fifo", sampler={"name": "random"}, scheduler={"name": "fifo"},
+                      priors=False, num_samples=3)
+    run = real_driver(bench, 5, spec)
+    assert run.trials == 3 and run.notes["errors"] == 0
+    by_trial = defaultdict(list)
+    for event in run.events:
+        by_trial[event["trial"]].append(event)
+    assert len(by_trial) == 3 and len(run.events) == 20
+    assert sorted(len(e) for e in by_trial.values()) == [4, 8, 8]
+    for events in by_trial.values():
+        expected = bench.surrogate.sample(events[0]["params"], 5).val_acc[: len(events)]
+        assert [e["epoch"] for e in events] == list(range(1, len(events) + 1))
+        np.testing.assert_allclose([e["val_acc"] for e in events], expected)
+    assert [e["t"] for e in run.events] == sorted(e["t"] for e in run.events)
+
+
+def test_budget_counter(tmp_path):
+    budget = EpochBudget(tmp_path / "b", 2)
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+    assert budget.spent() and EpochBudget(tmp_path / "none", None).take()
+
+
+def test_a_diverging_neighbourhood_replays_as_diverged():
+    metadata, curves = syn.recording(12, 0)
+    for curve in curves:  # every recorded run with lr above 0.05 diverged in its third epoch
+        if curve.params["lr"] > 0.05:
+            curve.status = "diverged"
+            curve.epochs = {k: v[:3] for k, v in curve.epochs.items()}
+    model = Surrogate.fit(metadata, curves, tune_metric=False)
+    high = next(c.params for c in curves if c.params["lr"] > 0.05)
+    reports = list(replay_epochs(model, high, seed=0, epochs=syn.EPOCHS))
+    assert len(reports) == 3 and reports[-1]["status"] == DIVERGED and reports[-1]["final"]
