@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,4 +32,18 @@ def warm_torch() -> None:
 def demo_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")
     unpack_demo_data(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def quick_data(demo_data, tmp_path_factory) -> Path:
+    """The shipped sample with a 200-image validation set (20 per class): every epoch evaluates the
+    whole of it, and the searches that use this are about what is recorded and where trials run,
+    not how well they learn. Train, test, the answer key and stats.json are the sample's own."""
+    root = tmp_path_factory.mktemp("quick-data")
+    shutil.copytree(demo_data, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("val"))
+    for class_dir in sorted((demo_data / "val").iterdir()):
+        (root / "val" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:20]:
+            shutil.copy(image, root / "val" / class_dir.name / image.name)
     return root

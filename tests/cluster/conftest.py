@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="package")
-def cluster_data(demo_data, tmp_path_factory) -> Path:
-    """The shipped sample with a 200-image validation set: every epoch evaluates it, and these
-    tests are about where trials run, not how well they learn."""
-    root = tmp_path_factory.mktemp("cluster-data")
-    shutil.copytree(demo_data / "train", root / "train")
-    for class_dir in sorted((demo_data / "val").iterdir()):
-        (root / "val" / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:20]:
-            shutil.copy(image, root / "val" / class_dir.name / image.name)
-    if (demo_data / "stats.json").exists():
-        shutil.copy(demo_data / "stats.json", root / "stats.json")
-    return root
+def cluster_data(quick_data) -> Path:
+    """These tests are about where trials run, not how well they learn: the quick sample."""
+    return quick_data

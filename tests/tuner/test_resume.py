@@ -72,10 +72,10 @@ def wait_for(condition, driver: subprocess.Popen, *, timeout: float, what: str) 
         time.sleep(0.5)
 
 
-def test_sigkill_then_resume_then_more(tmp_path, demo_data, postgres_db):
+def test_sigkill_then_resume_then_more(tmp_path, quick_data, postgres_db):
     spec = {
         "name": "rs",
-        "data": {"train": str(demo_data / "train"), "val": str(demo_data / "val"), "image_size": 32},
+        "data": {"train": str(quick_data / "train"), "val": str(quick_data / "val"), "image_size": 32},
         "fixed": {"epochs": 3, "train_subset": 300, "width": 0.125, "batch_size": 64},
         "space": {"lr": {"loguniform": [0.01, 0.2]}},
         "scheduler": {"name": "fifo"},

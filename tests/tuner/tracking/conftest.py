@@ -210,11 +210,11 @@ def paused(process: subprocess.Popen):
 
 
 @pytest.fixture(scope="session")
-def team_search(tracking_server, demo_data, tmp_path_factory) -> TeamSearch:
+def team_search(tracking_server, quick_data, tmp_path_factory) -> TeamSearch:
     from mlflow.tracking import MlflowClient
 
     work = tmp_path_factory.mktemp("team-search")
-    spec = dict(SPEC, data={"train": str(demo_data / "train"), "val": str(demo_data / "val"),
+    spec = dict(SPEC, data={"train": str(quick_data / "train"), "val": str(quick_data / "val"),
                             "image_size": 32})
     (work / "team.yaml").write_text(yaml.safe_dump(spec))
     commit = git_repository(work)

@@ -52,3 +52,32 @@ def test_bad_input_is_one_line_and_status_2(team_search, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
     dead = f"http://127.0.0.1:{free_port()}"
     assert_user_error(run_cli("leaderboard", "team", "--tracking-uri", dead), "is unreachable")
+
+
+def test_leaderboard_on_a_real_store_loads_no_torch_or_ray(team_search, tmp_path):
+    """The light command's promise (issue: `tuner leaderboard NAME` must not import torch or Ray),
+    checked on the real search's store, not on --help."""
+    from tests.test_architecture import run_light
+
+    outcome = run_light("leaderboard", "team", "--tracking-uri", team_search.server.uri,
+                        "--format", "json", cwd=tmp_path)
+    assert outcome == {"code": 0, "heavy": []}
+
+
+def test_the_ui_command_path_loads_no_torch_or_ray(team_search, tmp_path):
+    """`tuner ui NAME` runs until Ctrl-C, so its library path is run directly: the command's module,
+    the store and the view it installs on the real search."""
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys\n"
+             "from tuner.cli import results\n"
+             "from tuner.tracking.store import open_client\n"
+             "from tuner.tracking.ui import install_view\n"
+             "install_view(open_client(sys.argv[1]), 'team')\n"
+             "print(json.dumps(sorted(m for m in ('torch', 'ray', 'optuna') if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", probe, team_search.server.uri], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -94,9 +94,9 @@ def test_run_tree_shape_params_and_no_junk(team_search, team_client):
     assert parent.data.tags["tuner.best_trial"] == best.data.tags["tuner.trial_id"]
 
 
-def test_lineage_tags_and_checkpoint_uri(team_search, team_client, demo_data):
+def test_lineage_tags_and_checkpoint_uri(team_search, team_client, quick_data):
     _, _, children = search_runs(team_client, team_search.name)
-    fingerprint = dataset_fingerprint({"train": str(demo_data / "train"), "val": str(demo_data / "val")})
+    fingerprint = dataset_fingerprint({"train": str(quick_data / "train"), "val": str(quick_data / "val")})
     for child in children:
         tags = child.data.tags
         assert tags["tuner.dataset_fingerprint"] == fingerprint["tuner.dataset_fingerprint"]
