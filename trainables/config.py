@@ -14,11 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from trainables.errors import TrialInputError
-
-
-class ConfigError(TrialInputError):
-    """A trial configuration value breaks a rule; the message names the key, the value and the rule."""
+from trainables.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 
 
 FINETUNE_MODES = ("full", "head")
@@ -29,7 +25,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """All the settings of a single training run (README "Trial settings" lists them in a table).
+    """All the settings of a single training run (docs/trial-settings.md lists them in a table).
 
     Names of registries (``arch``, ``optimizer``, ``schedule``, ``augmentation``) are checked against
     the registries themselves, so a typo lists the valid names instead of failing an hour later.
@@ -53,6 +49,8 @@ class TrialConfig:
     pretrained: bool = False  # torchvision's ImageNet weights (downloaded once into TORCH_HOME)
     weights_path: Optional[str] = None  # a local state_dict instead of the download (offline)
     finetune: str = "full"  # "head" trains only the classifier: the journal's weeks-long bug
+    head_epochs: int = 0  # two-stage fine-tuning: the classifier alone for N epochs, then every layer
+    backbone_lr_mult: float = 1.0  # backbone lr = lr x this (parameter groups; the head keeps lr)
 
     # --- optimisation ---
     epochs: int = 10
@@ -66,15 +64,28 @@ class TrialConfig:
     decay_factor: float = 0.5  # dev-decay: lr multiplier when val accuracy stops improving
     decay_patience: int = 1  # dev-decay: epochs without improvement before a decay
     min_lr: float = 1e-8  # dev-decay: the trial ends itself (converged) once lr falls below this
-    warmup_epochs: int = 0  # cosine only: epochs of linear warm-up before the cosine decay
+    warmup_epochs: int = 0  # cosine only: epochs of linear warm-up (per batch) before the decay
+    pct_start: float = 0.3  # onecycle: share of the trial's steps spent rising to lr (the peak)
+    div_factor: float = 25.0  # onecycle: the first step's lr = lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: the last step's lr = lr / div_factor / final_div_factor
+    label_smoothing: float = 0.0  # training loss only: targets (1 - s) one-hot + s / classes
+    grad_clip_norm: Optional[float] = None  # clip the global gradient L2 norm to this (null: off)
+    ema_decay: float = 0.0  # EMA of the weights per optimizer step (0: off); val_* use the EMA
 
     # --- augmentation ---
     augmentation: str = "light"
     aug: dict = field(default_factory=dict)  # preset parameters, e.g. {"rotation": 10}
+    mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha) on the batch (0: off)
+    cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha) on the batch (0: off)
+    mix_prob: float = 1.0  # share of batches mixed when an alpha is > 0 (both: MixUp or CutMix, 50/50)
 
     # --- run ---
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch intra-op threads. On a CPU the count decides how convolutions split (and so round) their
+    # sums: the same trial at 1 and 2 threads differs from the first step and by points after a few
+    # epochs. A search sets it to the trial's CPU share; None keeps the process's own.
+    threads: Optional[int] = None
     compile: bool = False  # torch.compile the model (CUDA only; slow to start, fast to run)
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and diagnostics
 
@@ -105,7 +116,9 @@ class TrialConfig:
         _require(self.min_lr >= 0, "min_lr", self.min_lr, "must be >= 0")
         _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         _require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+        self._check_recipe_ranges()
         _require(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        _require(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1 (or null)")
         for key in ("train_subset", "growth_rate", "max_steps_per_epoch"):
             value = getattr(self, key)
             _require(value is None or value >= 1, key, value, "must be >= 1 (or null)")
@@ -121,11 +134,30 @@ class TrialConfig:
         _require_choice("lr_scaling", self.lr_scaling, LR_SCALING_MODES)
         _require_choice("cache", self.cache, CACHE_MODES)
 
+    def _check_recipe_ranges(self) -> None:
+        _require(0 <= self.label_smoothing < 0.5, "label_smoothing", self.label_smoothing,
+                 "must be in [0, 0.5)")
+        _require(0 < self.pct_start < 1, "pct_start", self.pct_start, "must be in (0, 1)")
+        _require(self.div_factor >= 1, "div_factor", self.div_factor, "must be >= 1")
+        _require(self.final_div_factor >= 1, "final_div_factor", self.final_div_factor, "must be >= 1")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value >= 0, key, value, "must be >= 0 (0: off)")
+        _require(0 <= self.mix_prob <= 1, "mix_prob", self.mix_prob, "must be in [0, 1]")
+        _require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1) (0: off)")
+        _require(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm",
+                 self.grad_clip_norm, "must be > 0 (or null)")
+        _require(self.head_epochs >= 0, "head_epochs", self.head_epochs, "must be >= 0")
+        _require(self.head_epochs < self.epochs, "head_epochs", self.head_epochs,
+                 f"must be < epochs ({self.epochs}); finetune: head trains only the head throughout")
+        _require(math.isfinite(self.backbone_lr_mult) and self.backbone_lr_mult > 0, "backbone_lr_mult",
+                 self.backbone_lr_mult, "must be > 0")
+
     def _check_registered_names(self) -> None:
-        # Imported here: the registries import torch, and config.py is imported by the driver early.
-        from trainables.models import MODELS
-        from trainables.optim import OPTIMIZERS, SCHEDULES
-        from trainables.transforms import AUGMENTATIONS
+        # Imported here to keep torch out of a light import: config.py is imported by the driver early.
+        from trainables.models import MODELS  # torch: only once a config is checked
+        from trainables.optim import OPTIMIZERS, SCHEDULES  # (same)
+        from trainables.transforms import AUGMENTATIONS  # (same)
 
         for key, registry in (
             ("arch", MODELS),
@@ -143,19 +175,16 @@ class TrialConfig:
             raise ConfigError(f"{err} (augmentation {self.augmentation})") from None
 
     def _check_combinations(self) -> None:
-        from trainables.models import MODELS
+        from trainables.models import check_backbone_settings  # here: keeps torch out of importing config
 
-        backbone = MODELS.get(self.arch)
-        if self.width != 1.0 and not backbone.has_width:
-            raise ConfigError(f"width: {self.arch} has no width multiplier (resnets do), got {self.width}")
-        if self.growth_rate is not None and not backbone.has_growth_rate:
-            raise ConfigError(f"growth_rate: {self.arch} has no growth rate (densenets do), "
-                              f"got {self.growth_rate}")
-        if self.pretrained and (self.width != 1.0 or self.growth_rate is not None):
-            raise ConfigError(
-                f"pretrained: weights exist only for width 1.0 and the default growth rate, got "
-                f"width={self.width}, growth_rate={self.growth_rate}"
-            )
+        check_backbone_settings(self.arch, width=self.width, growth_rate=self.growth_rate,
+                                pretrained=self.pretrained)
+        if self.finetune == "head" and self.head_epochs:
+            raise ConfigError(f"head_epochs: finetune: head already trains only the head for the whole "
+                              f"trial; use one or the other, got head_epochs={self.head_epochs}")
+        if self.finetune == "head" and self.backbone_lr_mult != 1.0:
+            raise ConfigError(f"backbone_lr_mult: finetune: head never trains the backbone, got "
+                              f"{self.backbone_lr_mult}")
         if self.weights_path is not None and not self.pretrained:
             raise ConfigError(f"weights_path: needs pretrained: true, got {self.weights_path!r} "
                               "with pretrained: false")

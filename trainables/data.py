@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 from trainables.errors import TrialInputError
 from trainables.image_files import IMAGE_EXTENSIONS, is_image_file
+from trainables.cache import CachedImageDataset, CacheError, find_cache
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,6 @@ def build_splits(
 
 def _open_split(folder: str, transform, cache_size: Optional[int], caches: dict, name: str) -> Dataset:
     if cache_size is not None:
-        from trainables.cache import CachedImageDataset, CacheError, find_cache
-
         try:
             manifest = find_cache(folder, cache_size)
             if manifest is not None:

@@ -5,6 +5,11 @@ over the WHOLE validation set, not a mean of batch means (a short last batch wou
 much as a full one). Running sums stay on the device: a ``.item()`` per step would make the CPU wait
 for the GPU at every batch. The one exception is the divergence check, which reads the PREVIOUS
 step's loss, so the GPU is always one step ahead when the CPU waits.
+
+A training step is the modern recipe's: an optional MixUp/CutMix of the batch (``mix``; train accuracy
+then counts the dominant label), cross-entropy with ``label_smoothing``, an optional clip of the
+gradients' global norm (``grad_clip_norm``), the optimizer step, then ``after_step`` (the per-batch
+schedule and the weight average). ``val_loss`` is always the plain cross-entropy, unsmoothed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainables.mixing import dominant_label
 
 
 class Diverged(RuntimeError):
@@ -82,12 +89,18 @@ def train_one_epoch(
     max_steps: Optional[int] = None,
     frozen: Sequence[nn.Module] = (),
     progress: Optional[Callable[[int], None]] = None,
+    label_smoothing: float = 0.0,
+    mix: Optional[Callable] = None,
+    grad_clip_norm: Optional[float] = None,
+    after_step: Optional[Callable[[], None]] = None,
 ) -> TrainStats:
     """One pass over ``loader`` (batches ``(images, labels, indices, skipped)``).
 
     Raises ``Diverged`` at the first non-finite loss (checked one step late, see the module doc).
     ``frozen`` modules stay in eval mode: a frozen backbone's BatchNorm statistics must not move.
+    ``mix(images, labels, step)`` returns mixed images and target probabilities (``BatchMixer``).
     """
+    clipped = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
     for module in frozen:
         module.eval()
@@ -103,13 +116,21 @@ def train_one_epoch(
         if labels.numel() == 0:
             continue
         images, labels = _to_device(images, labels, device)
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels, step)
+            labels = dominant_label(targets)
         with autocast_for(device):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(clipped, grad_clip_norm)
         _check_finite(previous, step - 1)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         previous = loss.detach()
         loss_sum += previous.double() * labels.numel()
         correct += (logits.detach().argmax(dim=1) == labels).sum()

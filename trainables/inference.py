@@ -57,8 +57,9 @@ def load_classifier(checkpoint: str | Path, device: str | torch.device = "cpu") 
             image_size=config.image_size,
             width=config.width,
             growth_rate=config.growth_rate,
-        )
-        model.load_state_dict(content["model"])
+        )  # no pretrained: the checkpoint holds every weight
+        # The weight average when the trial kept one (ema_decay > 0): its val_acc is what was reported.
+        model.load_state_dict((content.get("ema") or {}).get("model") or content["model"])
         names = [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
         norm = content["normalisation"]
         eval_crop = float(config.aug.get("eval_crop", 1.0))

@@ -1,50 +1,79 @@
 """Backbone registry: name -> builder(num_classes, width, growth_rate, small_input, ...).
 
 Journal: "go wider" beat "go deeper", so every resnet takes a ``width`` multiplier that scales all
-four stages (WRN-style), and densenets take their ``growth_rate``. Images under 64 px get a small-input
-stem (3x3 stride-1 conv, no max-pool), otherwise a 32 px image is 1x1 after the stem.
+four stages (WRN-style), and densenets take their ``growth_rate``. The iMaterialist winners used
+stronger backbones: torchvision's convnext_tiny, efficientnet_v2_s, regnet_y_800mf and
+mobilenet_v3_large (whose ``width`` is MobileNet's width multiplier) are registered too.
 
-Pretrained weights come from torchvision's weights API (downloaded once into ``$TORCH_HOME``) or from
-a local ``weights_path``; a machine that can do neither gets a ``PretrainedWeightsUnavailable`` naming
-both ways out, never a stack trace from urllib.
+Each entry DECLARES the knobs it accepts (``knobs``: width, growth_rate); ``check_backbone_settings``
+is the one home of the compatibility rules, and reads them from there (TrialConfig calls it at
+construction, ``build_model`` again for callers that skip the config). Images under 64 px get a
+small-input stem (resnets/densenets: 3x3 stride-1 conv, no max-pool; the others: their first
+convolution's stride reduced, so its pretrained weights still fit), otherwise a 32 px image is 1x1
+after the stem. Pretrained weights: ``trainables.pretrained``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 from torch import nn
 from torchvision import models as tv
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
+from trainables.pretrained import PretrainedWeightsUnavailable, load_backbone_weights, pretrained_state
 from trainables.registry import Registry
 
 log = logging.getLogger(__name__)
 
 SMALL_INPUT_BELOW = 64  # pixels: under this the ImageNet stem throws away too much resolution
 RESNET_STAGE_CHANNELS = (64, 128, 256, 512)  # torchvision's planes per stage at width 1.0
-
-
-class PretrainedWeightsUnavailable(ConfigError):
-    """Pretrained weights were asked for but can be neither downloaded nor read from a file."""
+KNOB_DEFAULTS = {"width": 1.0, "growth_rate": None}  # TrialConfig's values that mean "not used"
+KNOB_NAMES = {"width": "width multiplier", "growth_rate": "growth rate"}
 
 
 @dataclass(frozen=True)
 class Backbone:
     build: Callable[..., nn.Module]
     weights: Optional[tv.WeightsEnum]  # torchvision's default pretrained weights, if any
-    has_width: bool
-    has_growth_rate: bool
-    head: str  # attribute holding the classifier: "fc" (resnets) or "classifier" (densenets)
+    knobs: frozenset  # TrialConfig fields this backbone accepts beyond the defaults: width, growth_rate
+    head: str  # attribute holding the classifier: "fc" (resnets, regnet) or "classifier" (others)
+
+    @property
+    def has_width(self) -> bool:
+        return "width" in self.knobs
+
+    @property
+    def has_growth_rate(self) -> bool:
+        return "growth_rate" in self.knobs
 
 
 MODELS: Registry[Backbone] = Registry("architecture")
+
+
+def check_backbone_settings(arch: str, *, width: float, growth_rate: Optional[int],
+                            pretrained: bool) -> Backbone:
+    """The backbone compatibility rules, read from the entry's declared knobs (ConfigError if broken)."""
+    try:
+        backbone = MODELS.get(arch)
+    except KeyError as err:
+        raise ConfigError(f"arch: {err.args[0]}") from None
+    values = {"width": width, "growth_rate": growth_rate}
+    for knob, value in values.items():
+        if value != KNOB_DEFAULTS[knob] and knob not in backbone.knobs:
+            having = [n for n in MODELS.names() if knob in MODELS.get(n).knobs]
+            raise ConfigError(f"{knob}: {arch} has no {KNOB_NAMES[knob]} ({', '.join(having)} have "
+                              f"one), got {value}")
+    changed = {k: v for k, v in values.items() if v != KNOB_DEFAULTS[k]}
+    if pretrained and changed:
+        raise ConfigError(
+            "pretrained: weights exist only for width 1.0 and the default growth rate, got "
+            + ", ".join(f"{k}={v}" for k, v in changed.items())
+        )
+    return backbone
 
 _RESNETS = {  # block, blocks per stage, weights, bottleneck width per group
     "resnet18": (BasicBlock, [2, 2, 2, 2], tv.ResNet18_Weights.DEFAULT, 64),
@@ -63,11 +92,6 @@ _DENSENETS = {  # growth rate, block config, initial features (torchvision's val
     "densenet169": (32, (6, 12, 32, 32), 64, tv.DenseNet169_Weights.DEFAULT),
     "densenet201": (32, (6, 12, 48, 32), 64, tv.DenseNet201_Weights.DEFAULT),
 }
-
-# torchvision's densenet files predate the ban on '.' in module names: 'norm.1' is now 'norm1'.
-_OLD_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
 
 
 class ScaledResNet(tv.ResNet):
@@ -112,7 +136,7 @@ def _register_resnet(name: str, block, layers, weights, width_per_group: int) ->
             model.maxpool = nn.Identity()
         return model
 
-    MODELS.register(name)(Backbone(build, weights, has_width=True, has_growth_rate=False, head="fc"))
+    MODELS.register(name)(Backbone(build, weights, knobs=frozenset({"width"}), head="fc"))
 
 
 def _register_densenet(name: str, growth, blocks, init_features, weights) -> None:
@@ -134,7 +158,7 @@ def _register_densenet(name: str, growth, blocks, init_features, weights) -> Non
         return model
 
     MODELS.register(name)(
-        Backbone(build, weights, has_width=False, has_growth_rate=True, head="classifier")
+        Backbone(build, weights, knobs=frozenset({"growth_rate"}), head="classifier")
     )
 
 
@@ -142,6 +166,48 @@ for _name, _spec in _RESNETS.items():
     _register_resnet(_name, *_spec)
 for _name, _spec in _DENSENETS.items():
     _register_densenet(_name, *_spec)
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _halve_patchify_stem(model: nn.Module) -> None:
+    # convnext: its 4x4 stride-4 "patchify" stem at stride 2 (padding 1): 32 px -> 16 px, not 8.
+    conv = _first_conv(model)
+    conv.stride, conv.padding = (2, 2), (1, 1)
+
+
+def _stride_one_stem(model: nn.Module) -> None:
+    # efficientnet, regnet, mobilenet: a 3x3 stride-2 first convolution, kept at stride 1.
+    _first_conv(model).stride = (1, 1)
+
+
+def _register_torchvision(name: str, builder, weights, *, head: str, knobs: frozenset,
+                          small_stem: Callable[[nn.Module], None]) -> None:
+    def build(*, num_classes: int, width: float = 1.0, small_input: bool = False, **_) -> nn.Module:
+        extra = {"width_mult": width} if "width" in knobs else {}
+        model = builder(weights=None, num_classes=num_classes, **extra)
+        if small_input:
+            small_stem(model)  # only a stride changes: the pretrained stem still fits
+        return model
+
+    MODELS.register(name)(Backbone(build, weights, knobs=knobs, head=head))
+
+
+_TORCHVISION = {  # builder, weights, classifier attribute, knobs, small-input stem
+    "convnext_tiny": (tv.convnext_tiny, tv.ConvNeXt_Tiny_Weights.DEFAULT, "classifier", frozenset(),
+                      _halve_patchify_stem),
+    "efficientnet_v2_s": (tv.efficientnet_v2_s, tv.EfficientNet_V2_S_Weights.DEFAULT, "classifier",
+                          frozenset(), _stride_one_stem),
+    "regnet_y_800mf": (tv.regnet_y_800mf, tv.RegNet_Y_800MF_Weights.DEFAULT, "fc", frozenset(),
+                       _stride_one_stem),
+    # MobileNet's width multiplier scales every layer (rounded to multiples of 8).
+    "mobilenet_v3_large": (tv.mobilenet_v3_large, tv.MobileNet_V3_Large_Weights.DEFAULT, "classifier",
+                           frozenset({"width"}), _stride_one_stem),
+}
+for _name, (_builder, _weights, _head, _knobs, _stem) in _TORCHVISION.items():
+    _register_torchvision(_name, _builder, _weights, head=_head, knobs=_knobs, small_stem=_stem)
 
 
 def build_model(
@@ -155,78 +221,14 @@ def build_model(
     weights_path: Optional[str] = None,
 ) -> nn.Module:
     """Builds a backbone with a fresh ``num_classes`` head; pretrained weights fill everything else."""
-    try:
-        backbone = MODELS.get(arch)
-    except KeyError as err:
-        raise ConfigError(f"arch: {err.args[0]}") from None
-    if width != 1.0 and not backbone.has_width:
-        raise ConfigError(f"width: {arch} has no width multiplier (only resnets do), got {width}")
-    if growth_rate is not None and not backbone.has_growth_rate:
-        raise ConfigError(f"growth_rate: {arch} has no growth rate (only densenets do)")
-    if pretrained and (width != 1.0 or growth_rate is not None):
-        raise ConfigError("pretrained: weights exist only for width 1.0 and the default growth rate")
+    backbone = check_backbone_settings(arch, width=width, growth_rate=growth_rate, pretrained=pretrained)
     small = image_size < SMALL_INPUT_BELOW
     model = backbone.build(
         num_classes=num_classes, width=width, growth_rate=growth_rate, small_input=small
     )
     if pretrained:
-        _load_backbone_weights(model, _pretrained_state(arch, backbone, weights_path), arch)
+        load_backbone_weights(model, pretrained_state(arch, backbone.weights, weights_path), arch)
     return model
-
-
-def _pretrained_state(arch: str, backbone: Backbone, weights_path: Optional[str]) -> dict:
-    if weights_path:
-        return _read_weights_file(Path(weights_path))
-    if backbone.weights is None:
-        raise PretrainedWeightsUnavailable(f"pretrained: torchvision has no weights for {arch}")
-    try:  # torchvision's weights API downloads once into $TORCH_HOME/hub/checkpoints and reuses it
-        state = backbone.weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as err:  # URLError, socket and HTTP errors, hash mismatch: "not obtainable"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PretrainedWeightsUnavailable(
-            f"pretrained: cannot download the {arch} weights from {backbone.weights.url} "
-            f"({type(err).__name__}: {reason}); when offline, copy that file into "
-            f"{torch.hub.get_dir()}/checkpoints/ or set weights_path to a local .pth state_dict"
-        ) from None
-    return _rename_old_densenet_keys(state)
-
-
-def _read_weights_file(path: Path) -> dict:
-    if not path.is_file():
-        raise PretrainedWeightsUnavailable(f"weights_path: no such file {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickled code, a truncated file, not a torch file at all
-        raise PretrainedWeightsUnavailable(
-            f"weights_path: {path} is not a loadable state_dict ({str(err).splitlines()[0]})"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # one of our checkpoints
-        state = state["model"]
-    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise PretrainedWeightsUnavailable(f"weights_path: {path} holds no state_dict")
-    return _rename_old_densenet_keys(state)
-
-
-def _rename_old_densenet_keys(state: dict) -> dict:
-    renamed = {}
-    for key, value in state.items():
-        match = _OLD_DENSENET_KEY.match(key)
-        renamed[match.group(1) + match.group(2) if match else key] = value
-    return renamed
-
-
-def _load_backbone_weights(model: nn.Module, state: dict, arch: str) -> None:
-    """Loads every tensor whose name and shape match; the new head and a small-input stem stay fresh."""
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise PretrainedWeightsUnavailable(f"pretrained: no tensor of the weights fits {arch}")
-    fresh = sorted(k for k in own if k not in usable)
-    model.load_state_dict(usable, strict=False)
-    log.info("pretrained %s: %d tensors loaded, %d fresh (%s)", arch, len(usable), len(fresh),
-             ", ".join(fresh[:6]) + (" ..." if len(fresh) > 6 else ""))
 
 
 def default_weights_normalisation(arch: str) -> Optional[tuple[list[float], list[float]]]:
@@ -239,7 +241,7 @@ def default_weights_normalisation(arch: str) -> Optional[tuple[list[float], list
 
 
 def classifier_head(model: nn.Module, arch: str) -> nn.Module:
-    """The classifier: ``fc`` for resnets, ``classifier`` for densenets."""
+    """The classifier, as the registry entry names it (``fc`` or ``classifier``)."""
     return getattr(model, MODELS.get(arch).head)
 
 
@@ -249,13 +251,35 @@ def freeze_all_but_head(model: nn.Module, arch: str) -> list[nn.Parameter]:
     The backbone's BatchNorm statistics must stay frozen too (the engine keeps ``frozen_modules`` in
     eval mode), otherwise "frozen" features would still drift with every training batch.
     """
+    head, _ = split_head_and_backbone(model, arch)
+    set_backbone_trainable(model, arch, False)
+    return head
+
+
+def split_head_and_backbone(model: nn.Module, arch: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(classifier parameters, every other parameter), each in the model's own order."""
     head_ids = {id(p) for p in classifier_head(model, arch).parameters()}
+    parameters = list(model.parameters())
+    return ([p for p in parameters if id(p) in head_ids],
+            [p for p in parameters if id(p) not in head_ids])
+
+
+def set_backbone_trainable(model: nn.Module, arch: str, trainable: bool) -> None:
+    """Backbone parameters require grad or not; the head always does. A parameter without a grad is
+    skipped by every optimizer (no step, no weight decay), so freezing needs no optimizer change."""
+    _, backbone = split_head_and_backbone(model, arch)
     for parameter in model.parameters():
-        parameter.requires_grad_(id(parameter) in head_ids)
-    return [p for p in model.parameters() if id(p) in head_ids]
+        parameter.requires_grad_(True)
+    for parameter in backbone:
+        parameter.requires_grad_(trainable)
 
 
 def frozen_modules(model: nn.Module, arch: str) -> list[nn.Module]:
     """Direct children of ``model`` other than the head: what head-only training keeps in eval mode."""
     head = classifier_head(model, arch)
     return [child for child in model.children() if child is not head]
+
+
+__all__ = ["MODELS", "Backbone", "PretrainedWeightsUnavailable", "build_model", "check_backbone_settings",
+           "classifier_head", "default_weights_normalisation", "freeze_all_but_head", "frozen_modules",
+           "set_backbone_trainable", "split_head_and_backbone"]

@@ -3,10 +3,12 @@
 ``run_trial`` is shared by the Ray Tune adapter (``trainables.trial``), ``tuner train`` and the
 diagnostics. After every epoch it calls ``report(metrics, checkpoint_dir)``:
 
-- ``metrics``: train_loss, train_acc, val_loss, val_acc, val_top5, lr (the rate used in that epoch),
-  epoch, epoch_time_s (train + validation, seconds), images_per_s (training throughput),
+- ``metrics``: train_loss, train_acc, val_loss, val_acc, val_top5, lr (the rate at the epoch's first
+  step; per-batch schedules move it within the epoch), epoch, epoch_time_s (train + validation,
+  seconds), images_per_s (training throughput),
   skipped_images (unreadable files met in the epoch), status (running | completed | converged |
-  diverged) and final (True only in the trial's last report).
+  diverged) and final (True only in the trial's last report). With ``ema_decay`` > 0 the val_*
+  numbers are the weight average's, and val_acc_raw / val_loss_raw the raw weights'.
 - ``checkpoint_dir``: a temporary directory, valid only during the call (copy it or lose it), that
   holds ``checkpoint.pt`` and ``artifacts/``: ``config.json`` (the resolved TrialConfig),
   ``summary.json`` (status, epoch, tags, normalisation, effective lr), ``per_class.csv`` and
@@ -39,13 +41,13 @@ import torch
 from trainables.artifacts import GALLERY_SIZE, write_figures, write_tables
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.engine import Diverged, EvalStats, TrainStats, evaluate
+from trainables.engine import Diverged, EvalStats, TrainStats
 from trainables.trial_state import TrialState
+from trainables.status import COMPLETED, CONVERGED, DIVERGED, RUNNING
 
 log = logging.getLogger(__name__)
 
 # Statuses a trial can end with (the MLflow tag ``tuner.status`` uses the same words).
-RUNNING, COMPLETED, CONVERGED, DIVERGED = "running", "completed", "converged", "diverged"
 
 Reporter = Callable[[dict, Optional[Path]], None]
 
@@ -64,8 +66,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_metrics(epoch: int, lr: float, train: TrainStats, val: EvalStats) -> dict:
+def epoch_metrics(epoch: int, lr: float, train: TrainStats, val: EvalStats,
+                  raw: Optional[EvalStats] = None) -> dict:
+    extra = {"val_acc_raw": raw.accuracy, "val_loss_raw": raw.loss} if raw is not None else {}
     return {
+        **extra,
         "epoch": epoch,
         "train_loss": train.loss,
         "train_acc": train.accuracy,
@@ -107,12 +112,11 @@ def run_trial(
             metrics = _diverged_metrics(metrics, epoch, lr)
             report(metrics, None)
             return TrialOutcome(DIVERGED, epoch - 1, metrics, state.tags)
-        val = evaluate(state.forward, state.val_loader, state.device,
-                       num_classes=state.num_classes, keep_mistakes=GALLERY_SIZE)
+        val, raw = state.evaluate(keep_mistakes=GALLERY_SIZE)
         state.schedule.step(val.accuracy)
         converged = state.schedule.converged(state.optimizer)
         final = converged or epoch == config.epochs
-        metrics = epoch_metrics(epoch, lr, train, val)
+        metrics = epoch_metrics(epoch, lr, train, val, raw)
         metrics["status"] = (CONVERGED if converged else COMPLETED) if final else RUNNING
         metrics["final"] = final
         history.append(dict(metrics))

@@ -3,7 +3,15 @@
 The journal ablated augmentations by hand and wondered whether grayscale and centre crops hurt; here
 each preset is a registered name whose parameters (rotation degrees, minimum crop scale, jitter
 strength, grayscale probability, eval centre-crop fraction) are ordinary searchable keys under ``aug``
-(``aug.rotation: {choice: [0, 10, 20]}`` in a search space).
+(``aug.rotation: {choice: [0, 10, 20]}`` in a search space). The modern recipes' presets are
+torchvision's own: ``rrc`` (RandomResizedCrop + flip, the standard ImageNet recipe), and
+``trivialaugment``, ``randaugment`` (``aug.num_ops``, ``aug.magnitude``) and ``autoaugment``
+(ImageNet policy) on top of it. ``aug.erasing`` (RandomErasing's probability, on the normalised
+tensor) and ``aug.eval_crop`` apply to every preset.
+
+Every preset works on the decoded-image cache's uint8 tensors exactly as on PIL images: the pipeline
+starts with ``ToImage`` (PIL -> uint8 tensor, a cached tensor passes through), so the same ops run on
+the same uint8 pixels either way.
 
 All randomness comes from torch's global generator, which the data loader seeds per sample from
 (seed, epoch, index): an image's augmentation does not depend on workers or on resuming.
@@ -20,8 +28,11 @@ from torchvision.transforms import v2
 from trainables.registry import Registry
 
 EVAL_CROP = "eval_crop"  # every preset takes it: fraction of the resized side kept by the centre crop
+ERASING = "erasing"  # every preset takes it: probability of RandomErasing on the normalised image
+COMMON = {EVAL_CROP: 1.0, ERASING: 0.0}  # parameters of every preset, with their defaults
 _UPPER_BOUNDS = {"grayscale": 1.0, "min_scale": 1.0, EVAL_CROP: 1.0, "pad_fraction": 0.5,
-                 "rotation": 180.0}
+                 "rotation": 180.0, ERASING: 1.0, "magnitude": 30.0, "num_ops": 16.0}
+_WHOLE = {"num_ops", "magnitude"}  # RandAugment's op count and magnitude bin
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class AugmentationPreset:
     defaults: dict
 
     def check_params(self, params: dict) -> None:
-        valid = set(self.defaults) | {EVAL_CROP}
+        valid = set(self.defaults) | set(COMMON)
         unknown = sorted(set(params) - valid)
         if unknown:
             raise ValueError(f"aug: unknown parameter(s) {', '.join(unknown)}; valid: "
@@ -38,6 +49,8 @@ class AugmentationPreset:
         for key, value in params.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"aug.{key}: must be a number >= 0, got {value!r}")
+            if key in _WHOLE and value != int(value):
+                raise ValueError(f"aug.{key}: must be a whole number, got {value!r}")
             upper = _UPPER_BOUNDS.get(key)
             if upper is not None and value > upper:
                 raise ValueError(f"aug.{key}: must be <= {upper:g}, got {value!r}")
@@ -83,6 +96,32 @@ def _journal(
     ]
 
 
+def _rrc(image_size: int, *, min_scale: float) -> list:
+    # torchvision's classification recipe: a random crop of min_scale..100% of the area, any aspect
+    # ratio in [3/4, 4/3], resized to the square; then a horizontal flip.
+    return [v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
+            v2.RandomHorizontalFlip()]
+
+
+def _trivialaugment(image_size: int, *, min_scale: float) -> list:
+    # TrivialAugment (Mueller & Hutter 2021): one random op at a random strength per image; no knobs.
+    return [*_rrc(image_size, min_scale=min_scale), v2.TrivialAugmentWide()]
+
+
+def _randaugment(image_size: int, *, min_scale: float, num_ops: float, magnitude: float) -> list:
+    # RandAugment (Cubuk et al. 2020): num_ops random ops, each at strength magnitude (bins 0..30).
+    return [*_rrc(image_size, min_scale=min_scale),
+            v2.RandAugment(num_ops=int(num_ops), magnitude=int(magnitude))]
+
+
+def _autoaugment(image_size: int, *, min_scale: float) -> list:
+    # AutoAugment's learned ImageNet policy.
+    return [*_rrc(image_size, min_scale=min_scale), v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
+
+
+# 0.25, not torchvision's 0.08: at 32 px a crop of 8% of the area keeps ~9x9 pixels.
+_RRC_DEFAULTS = {"min_scale": 0.25}
+
 AUGMENTATIONS.register("none")(AugmentationPreset(_none, {}))
 AUGMENTATIONS.register("light")(AugmentationPreset(_light, {"pad_fraction": 0.125}))
 AUGMENTATIONS.register("journal")(
@@ -92,6 +131,14 @@ AUGMENTATIONS.register("journal")(
 )
 
 
+AUGMENTATIONS.register("rrc")(AugmentationPreset(_rrc, dict(_RRC_DEFAULTS)))
+AUGMENTATIONS.register("trivialaugment")(AugmentationPreset(_trivialaugment, dict(_RRC_DEFAULTS)))
+AUGMENTATIONS.register("randaugment")(
+    AugmentationPreset(_randaugment, {**_RRC_DEFAULTS, "num_ops": 2, "magnitude": 9})
+)
+AUGMENTATIONS.register("autoaugment")(AugmentationPreset(_autoaugment, dict(_RRC_DEFAULTS)))
+
+
 def _finish(mean, std) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
@@ -99,8 +146,12 @@ def _finish(mean, std) -> list:
 def build_train_transform(preset: str, image_size: int, mean, std, params: dict | None = None):
     """Train-time pipeline: PIL image -> normalised float tensor [3, image_size, image_size]."""
     entry = AUGMENTATIONS.get(preset)
-    chosen = {**entry.defaults, **{k: v for k, v in (params or {}).items() if k != EVAL_CROP}}
-    return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen), *_finish(mean, std)])
+    params = params or {}
+    chosen = {**entry.defaults, **{k: v for k, v in params.items() if k not in COMMON}}
+    # value=0 after Normalize: the erased box takes the dataset's mean colour.
+    erasing = float(params.get(ERASING, COMMON[ERASING]))
+    tail = [v2.RandomErasing(p=erasing, value=0)] if erasing > 0 else []
+    return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen), *_finish(mean, std), *tail])
 
 
 def build_eval_transform(image_size: int, mean, std, eval_crop: float = 1.0):

@@ -4,6 +4,11 @@ Speed on CUDA: cudnn.benchmark, channels_last weights and inputs, bf16 autocast 
 pinned host memory with non_blocking copies, persistent loader workers and, with ``compile: true``,
 torch.compile. On CPU none of these apply and ``compile`` is ignored with a warning (inductor needs a
 C++ toolchain there and rarely pays off for a trial).
+
+The recipe knobs meet here: parameter groups (``backbone_lr_mult``), two-stage fine-tuning
+(``head_epochs``: the backbone is frozen, BatchNorm statistics included, for the first N epochs; a
+resumed trial finds its phase from the epoch number), the per-batch schedule and the weight average
+(stepped after every optimizer step), MixUp/CutMix and label smoothing (in the engine's step).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from trainables.checkpoint import CheckpointError, restore_rng_state, rng_state
 from trainables.config import ConfigError, TrialConfig
 from trainables.data import (RobustImageFolder, Splits, build_splits, estimate_channel_stats,
                              make_loader)
-from trainables.engine import TrainStats, train_one_epoch
+from trainables.ema import WeightAverage
+from trainables.engine import EvalStats, TrainStats, evaluate, train_one_epoch
+from trainables.mixing import BatchMixer
 from trainables.models import (build_model, default_weights_normalisation, freeze_all_but_head,
-                               frozen_modules)
+                               frozen_modules, set_backbone_trainable, split_head_and_backbone)
 from trainables.optim import build_optimizer, build_schedule
 from trainables.transforms import EVAL_CROP, build_eval_transform, build_train_transform
 
@@ -76,6 +83,8 @@ class TrialState:
     def __init__(self, config: TrialConfig, *, normalisation: Optional[dict] = None) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if config.threads is not None:  # before any work: the thread count shapes every result
+            torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)  # model initialisation
         self.splits = self._build_splits(normalisation)
         self.class_names = [c for c, _ in sorted(self.splits.class_to_idx.items(), key=lambda kv: kv[1])]
@@ -94,15 +103,24 @@ class TrialState:
         trained = self._select_trained_parameters()
         self.lr = self._effective_lr()
         self.optimizer = build_optimizer(
-            trained, name=config.optimizer, lr=self.lr, momentum=config.momentum,
-            nesterov=config.nesterov, weight_decay=config.weight_decay,
-        )
-        self.schedule = build_schedule(
-            self.optimizer, name=config.schedule, epochs=config.epochs, factor=config.decay_factor,
-            patience=config.decay_patience, min_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
+            self._parameter_groups(trained), name=config.optimizer, lr=self.lr,
+            momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
         )
         self.forward = self._maybe_compile()
         self.train_loader, self.val_loader = self._build_loaders()
+        self.schedule = build_schedule(
+            self.optimizer, name=config.schedule, epochs=config.epochs,
+            steps_per_epoch=len(self.train_loader), factor=config.decay_factor,
+            patience=config.decay_patience, min_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
+            pct_start=config.pct_start, div_factor=config.div_factor,
+            final_div_factor=config.final_div_factor,
+        )
+        self.ema = WeightAverage(self.model, decay=config.ema_decay) if config.ema_decay > 0 else None
+        self.mixer = None
+        if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) and config.mix_prob > 0:
+            self.mixer = BatchMixer(num_classes=self.num_classes, mixup_alpha=config.mixup_alpha,
+                                    cutmix_alpha=config.cutmix_alpha, mix_prob=config.mix_prob,
+                                    seed=config.seed)
 
     def _build_splits(self, normalisation: Optional[dict]) -> Splits:
         config = self.config
@@ -134,6 +152,25 @@ class TrialState:
         )
         return head
 
+    def _parameter_groups(self, trained: list[torch.nn.Parameter]) -> list:
+        """One group, or (head at lr, backbone at lr x backbone_lr_mult): the head's group first,
+        so the reported ``lr`` is the configured rate's trajectory."""
+        if self.config.backbone_lr_mult == 1.0:
+            return trained
+        head, backbone = split_head_and_backbone(self.model, self.config.arch)
+        return [{"params": head}, {"params": backbone, "lr": self.lr * self.config.backbone_lr_mult}]
+
+    def _set_phase(self, epoch: int) -> None:
+        """head_epochs: epochs 1..N train the classifier alone, later ones every layer."""
+        if not self.config.head_epochs:
+            return
+        head_only = epoch <= self.config.head_epochs
+        if epoch in (1, self.config.head_epochs + 1):
+            log.info("head_epochs=%d: epoch %d trains %s", self.config.head_epochs, epoch,
+                     "the classifier alone" if head_only else "every layer")
+        set_backbone_trainable(self.model, self.config.arch, not head_only)
+        self.frozen = frozen_modules(self.model, self.config.arch) if head_only else []
+
     def _effective_lr(self) -> float:
         config = self.config
         if config.lr_scaling == "linear" and config.train_subset:
@@ -164,12 +201,36 @@ class TrialState:
 
     def train_epoch(self, epoch: int, *, progress: bool = False) -> TrainStats:
         self.train_loader.sampler.set_epoch(epoch)
+        self._set_phase(epoch)
+        if self.mixer is not None:
+            self.mixer.set_epoch(epoch)
         with _EpochBar(progress, epoch, self.config.epochs, len(self.train_loader.sampler)) as bar:
             return train_one_epoch(self.forward, self.train_loader, self.optimizer, self.device,
-                                   frozen=self.frozen, progress=bar)
+                                   frozen=self.frozen, progress=bar,
+                                   label_smoothing=self.config.label_smoothing, mix=self.mixer,
+                                   grad_clip_norm=self.config.grad_clip_norm, after_step=self._after_step)
+
+    def _after_step(self) -> None:
+        self.schedule.step_batch()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def evaluate(self, *, keep_mistakes: int = 0) -> tuple[EvalStats, Optional[EvalStats]]:
+        """(the reported weights' stats, the raw weights' stats when those differ: EMA on, else None)."""
+        raw = evaluate(self.forward, self.val_loader, self.device, num_classes=self.num_classes,
+                       keep_mistakes=0 if self.ema is not None else keep_mistakes)
+        if self.ema is None:
+            return raw, None
+        averaged = evaluate(self.ema.model, self.val_loader, self.device, num_classes=self.num_classes,
+                            keep_mistakes=keep_mistakes)
+        return averaged, raw
 
     def checkpoint_content(self, epoch: int, history: list[dict]) -> dict:
+        """``model``: the raw weights (training resumes from them); ``ema``: the averaged ones, which
+        inference prefers when present."""
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return {
+            **extra,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -187,9 +248,12 @@ class TrialState:
         try:
             self.model.load_state_dict(content["model"])
             self.optimizer.load_state_dict(content["optimizer"])
+            if self.ema is not None:
+                self.ema.load_state_dict(content["ema"])
         except (RuntimeError, ValueError, KeyError) as err:
             saved = content.get("config", {})
-            differing = sorted(k for k in ("arch", "width", "growth_rate", "finetune", "optimizer")
+            differing = sorted(k for k in ("arch", "width", "growth_rate", "finetune", "optimizer",
+                                           "backbone_lr_mult", "ema_decay")
                                if saved.get(k) != getattr(self.config, k))
             raise CheckpointError(
                 f"{source}: does not fit this trial's model/optimizer (differing settings: "

@@ -1,4 +1,5 @@
-"""Optimizers and schedules: dev-decay steps on val accuracy and stops itself; cosine warms up."""
+"""Optimizers and schedules: dev-decay steps on val accuracy and stops itself; cosine and one-cycle
+move per batch, over the trial's whole epochs, each parameter group at its own rate."""
 
 from __future__ import annotations
 
@@ -57,17 +58,70 @@ def test_dev_decay_state_round_trips():
     assert again.scheduler.num_bad_epochs == 1 and again.scheduler.best == 0.3
 
 
-def test_cosine_warms_up_then_decays_towards_zero():
+def _trace(schedule, optimizer, steps: int, group: int = 0) -> list[float]:
+    """The rate of each of ``steps`` optimizer steps, stepping the schedule as a trial does."""
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[group]["lr"])
+        optimizer.step()
+        schedule.step_batch()
+    schedule.step(0.5)  # the epoch-end step must not move a per-batch schedule
+    return rates
+
+
+def test_cosine_warms_up_per_batch_then_decays_to_zero_at_the_last_step():
     optimizer = _optimizer(1.0)
-    schedule = build_schedule(optimizer, name="cosine", epochs=6, warmup_epochs=2)
-    rates = [schedule.current_lr(optimizer)]
-    for _ in range(5):
-        optimizer.step()  # an epoch's training, as in a trial
-        schedule.step(0.0)
-        rates.append(schedule.current_lr(optimizer))
-    assert rates[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert rates[2:] == sorted(rates[2:], reverse=True) and rates[-1] < 0.2
+    schedule = build_schedule(optimizer, name="cosine", epochs=6, steps_per_epoch=10, warmup_epochs=2)
+    rates = _trace(schedule, optimizer, 60)
+    assert rates[:3] == pytest.approx([1 / 21, 2 / 21, 3 / 21])  # warm-up over 20 steps, per batch
+    assert rates[19] == pytest.approx(20 / 21) and rates[20] == pytest.approx(1.0)
+    assert rates[20:] == sorted(rates[20:], reverse=True) and rates[-1] < 0.01
+    assert rates[10] != rates[11]  # moves within an epoch (it used to step per epoch)
     assert not schedule.converged(optimizer)
+
+
+def test_onecycle_peaks_at_pct_start_of_the_whole_trial():
+    optimizer = _optimizer(0.4)
+    schedule = build_schedule(optimizer, name="onecycle", epochs=5, steps_per_epoch=20, pct_start=0.25,
+                              div_factor=10, final_div_factor=100)
+    rates = _trace(schedule, optimizer, 100)
+    peak = max(range(100), key=rates.__getitem__)
+    assert peak == 24  # 25% of 100 steps: torch's phase ends at step pct_start * total - 1
+    assert rates[peak] == pytest.approx(0.4)
+    assert rates[0] == pytest.approx(0.04)  # lr / div_factor
+    assert rates[-1] == pytest.approx(0.04 / 100, rel=0.05)  # -> lr / div_factor / final_div_factor
+    assert optimizer.param_groups[0]["momentum"] == 0.9  # momentum is not cycled
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine", "dev-decay", "none"])
+def test_every_schedule_keeps_each_parameter_groups_ratio(name):
+    head, backbone = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = build_optimizer([{"params": [head]}, {"params": [backbone], "lr": 0.01}], name="sgd",
+                                lr=0.1)
+    schedule = build_schedule(optimizer, name=name, epochs=3, steps_per_epoch=4, patience=0)
+    for accuracy in (0.5, 0.4, 0.3):
+        for _ in range(4):
+            ratio = optimizer.param_groups[1]["lr"] / optimizer.param_groups[0]["lr"]
+            assert ratio == pytest.approx(0.1)
+            optimizer.step()
+            schedule.step_batch()
+        schedule.step(accuracy)
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine"])
+def test_per_batch_schedules_resume_mid_trial_on_the_same_trace(name):
+    optimizer = _optimizer(0.2)
+    straight = _trace(build_schedule(optimizer, name=name, epochs=4, steps_per_epoch=5, warmup_epochs=1),
+                      optimizer, 20)
+    optimizer = _optimizer(0.2)
+    first = build_schedule(optimizer, name=name, epochs=4, steps_per_epoch=5, warmup_epochs=1)
+    head = _trace(first, optimizer, 8)
+    # The trial's order: build both, then load the optimizer's state, then the schedule's.
+    resumed_optimizer = _optimizer(0.2)
+    again = build_schedule(resumed_optimizer, name=name, epochs=4, steps_per_epoch=5, warmup_epochs=1)
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    again.load_state_dict(first.state_dict())
+    assert head + _trace(again, resumed_optimizer, 12) == pytest.approx(straight)
 
 
 def test_none_keeps_the_rate():
@@ -76,3 +130,15 @@ def test_none_keeps_the_rate():
     for accuracy in (0.1, 0.1, 0.1):
         schedule.step(accuracy)
     assert schedule.current_lr(optimizer) == 0.3
+
+
+def test_a_per_batch_schedule_resumed_with_more_epochs_runs_to_its_new_end():
+    optimizer = _optimizer(0.2)
+    short = build_schedule(optimizer, name="onecycle", epochs=2, steps_per_epoch=5)
+    _trace(short, optimizer, 10)
+    longer_optimizer = _optimizer(0.2)
+    longer = build_schedule(longer_optimizer, name="onecycle", epochs=3, steps_per_epoch=5)
+    longer_optimizer.load_state_dict(optimizer.state_dict())
+    longer.load_state_dict(short.state_dict())
+    rates = _trace(longer, longer_optimizer, 5)  # would raise "Tried to step 11 times" past the old end
+    assert longer.scheduler.total_steps == 15 and rates[-1] < rates[0]

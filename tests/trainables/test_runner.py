@@ -183,3 +183,32 @@ def test_cache_auto_reads_the_decoded_image_cache_and_trains_the_same(tiny_data,
     assert runs["auto"][1] == ["train", "val"] and runs["off"][1] == []
     # At 32 px the cached pixels are the decoded JPEGs: the same epoch, number for number.
     assert runs["auto"][0] == runs["off"][0]
+
+
+# Every recipe knob at once: per-batch one-cycle, EMA, MixUp/CutMix, smoothing, clipping, two-stage
+# fine-tuning with a backbone rate, TrivialAugment with erasing. Resumed after epoch 2 (inside the
+# one-cycle's rise, after the head-only epoch), it must give the very same epochs and weights.
+RECIPE_SETTINGS = dict(epochs=3, train_subset=32, schedule="onecycle", pct_start=0.5, lr=0.1,
+                       optimizer="sgd", nesterov=True, ema_decay=0.9, mixup_alpha=0.4, cutmix_alpha=1.0,
+                       mix_prob=0.8, label_smoothing=0.1, grad_clip_norm=5.0, head_epochs=1,
+                       backbone_lr_mult=0.5, augmentation="trivialaugment", aug={"erasing": 0.25})
+
+
+def test_a_trial_with_every_recipe_knob_resumes_exactly(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **RECIPE_SETTINGS)
+    straight = Recorder(tmp_path / "straight")
+    run_trial(config, report=straight)
+    first = Recorder(tmp_path / "first", stop_after=2)
+    with pytest.raises(Interrupted):
+        run_trial(config, report=first)
+    second = Recorder(tmp_path / "second")
+    run_trial(config, report=second, resume_from=first.dirs[-1])
+    resumed = first.metrics + second.metrics
+    assert [_without_timing(m) for m in resumed] == [_without_timing(m) for m in straight.metrics]
+    assert all("val_acc_raw" in m for m in resumed)
+    a, b = load_checkpoint(straight.dirs[-1]), load_checkpoint(second.dirs[-1])
+    for part in (a["model"], a["ema"]["model"]):
+        other = b["model"] if part is a["model"] else b["ema"]["model"]
+        for key, value in part.items():
+            assert torch.equal(value, other[key]), key
+    assert a["schedule"]["last_epoch"] == b["schedule"]["last_epoch"] == 3 * 2  # 2 batches per epoch

@@ -41,7 +41,7 @@ def test_tuner_train_runs_a_search_specs_trial_and_resumes_it(tiny_data, tmp_pat
     config = json.loads((artifacts / "config.json").read_text())
     # The spec's fixed values and a representative of each searched one (first choice, log-middle lr).
     assert config["arch"] == "resnet18" and config["width"] == 0.125 and config["batch_size"] == 16
-    assert 0.001 < config["lr"] < 0.5 and config["schedule"] == "dev-decay"
+    assert 0.001 < config["lr"] < 0.5 and config["schedule"] == "onecycle" and config["label_smoothing"] == 0.1
 
     monkeypatch.chdir(tmp_path)  # the refusals happen before any training: run them in-process
     assert main(["train", "demo.yaml", "--set", "epochs=2", *small]) == 2

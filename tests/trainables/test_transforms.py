@@ -35,3 +35,63 @@ def test_eval_crop_keeps_the_centre_fraction():
     centre = build_eval_transform(32, (0, 0, 0), (1, 1, 1), eval_crop=0.5)(image)
     whole = build_eval_transform(32, (0, 0, 0), (1, 1, 1), eval_crop=1.0)(image)
     assert centre.min() > 0.95 and whole.min() < 0.05
+
+
+def _photo(side: int = 40) -> Image.Image:
+    """A real-looking test image: a smooth colour ramp with a bright square (ops have something to do)."""
+    ramp = torch.linspace(0, 255, side)
+    pixels = torch.stack([ramp[None, :].expand(side, side), ramp[:, None].expand(side, side),
+                          255 - ramp[None, :].expand(side, side)], dim=-1).to(torch.uint8)
+    pixels[10:20, 10:20] = 250
+    return Image.fromarray(pixels.numpy())
+
+
+@pytest.mark.parametrize("preset", AUGMENTATIONS.names())
+def test_every_preset_runs_the_same_on_the_uint8_cache_path(preset):
+    # The decoded-image cache hands the pipeline a uint8 tv_tensors.Image instead of a PIL image.
+    from torchvision import tv_tensors
+
+    image = _photo()
+    cached = tv_tensors.Image(torch.from_numpy(__import__("numpy").asarray(image).copy()).permute(2, 0, 1))
+    transform = build_train_transform(preset, 32, MEAN, STD, {"erasing": 0.5})
+    outputs = []
+    for source in (image, cached):
+        torch.manual_seed(7)
+        outputs.append(transform(source))
+    assert outputs[0].shape == (3, 32, 32) and torch.equal(outputs[0], outputs[1])
+
+
+def test_randaugment_num_ops_and_magnitude_take_effect():
+    def run(params):
+        torch.manual_seed(3)
+        return build_train_transform("randaugment", 32, MEAN, STD, params)(_photo())
+
+    def rrc_only():
+        torch.manual_seed(3)
+        return build_train_transform("rrc", 32, MEAN, STD)(_photo())
+
+    assert torch.equal(run({"num_ops": 0}), rrc_only())  # no op drawn: the crop alone
+    assert not torch.equal(run({"num_ops": 2, "magnitude": 20}), rrc_only())
+    assert not torch.equal(run({"num_ops": 2, "magnitude": 20}), run({"num_ops": 2, "magnitude": 1}))
+
+
+@pytest.mark.parametrize("preset", ["trivialaugment", "autoaugment"])
+def test_policy_presets_add_their_ops_to_the_crop(preset):
+    differs = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        policy = build_train_transform(preset, 32, MEAN, STD)(_photo())
+        torch.manual_seed(seed)
+        crop = build_train_transform("rrc", 32, MEAN, STD)(_photo())
+        differs += not torch.equal(policy, crop)
+    assert differs >= 2
+
+
+def test_erasing_blanks_a_box_to_the_mean_in_every_preset():
+    for preset in ("light", "trivialaugment"):
+        torch.manual_seed(0)
+        erased = build_train_transform(preset, 32, MEAN, STD, {"erasing": 1.0})(_photo())
+        torch.manual_seed(0)
+        kept = build_train_transform(preset, 32, MEAN, STD, {"erasing": 0.0})(_photo())
+        blank = (erased == 0).all(dim=0)
+        assert blank.sum() >= 4 and not torch.equal(erased, kept), preset

@@ -140,3 +140,14 @@ def test_batch_size_auto_reads_the_probe_written_beside_the_spec(tmp_path):
     (tmp_path / "s.batch_size.json").write_text(json.dumps(probe))
     spec = load_spec(spec_file)
     assert [p.choices for p in spec.space if p.name == "batch_size"] == [(16, 32, 64, 128, 256)]
+
+
+@pytest.mark.parametrize("cpu, expected", [(1, 1), (4, 4), (0.5, None)])
+def test_a_trial_gets_its_cpu_share_as_torch_threads(tmp_path, cpu, expected):
+    """Results depend on the torch thread count: the spec writes it into every trial's config (and
+    so into MLflow's params and `tuner train SPEC`); a fixed value wins."""
+    raw = {"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
+           "resources": {"cpu": cpu}}
+    assert parse_spec(raw, source="s.yaml").base_config().get("threads") == expected
+    raw["fixed"] = {"threads": 2}
+    assert parse_spec(raw, source="s.yaml").base_config()["threads"] == 2

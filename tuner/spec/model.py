@@ -73,10 +73,14 @@ class SearchSpec:
         return int(self.fixed.get("epochs", TrialConfig.__dataclass_fields__["epochs"].default))
 
     def base_config(self) -> dict:
-        """The fixed part of every trial's TrialConfig dict (data paths made absolute)."""
+        """The fixed part of every trial's TrialConfig dict (data paths made absolute). A trial's
+        torch threads are its whole-CPU share, written out so that the value is recorded with the
+        trial and `tuner train SPEC` reproduces it (results depend on the thread count)."""
+        threads = {"threads": int(self.resources.cpu)} if self.resources.cpu >= 1 else {}
         return {
             "train_dir": self.data.train,
             "val_dir": self.data.val,
             "image_size": self.data.image_size,
+            **threads,
             **self.fixed,
         }
