@@ -44,6 +44,22 @@ class TruthfulOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("ray_trial_id", trial_id)
         return params
 
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        # The study is live while Ray snapshots the experiment every few seconds: a driver killed
+        # after telling Optuna that a trial ended, but before the next snapshot, comes back with that
+        # trial still to run (its last epoch again). Optuna refuses reports for a finished trial and
+        # Ray would end the whole search on that error, so take the study's word for what is done.
+        finished = {t.number for t in self._ot_study.get_trials(deepcopy=False)
+                    if t.state.is_finished()}
+        self._completed_trials |= {trial_id for trial_id, ot_trial in self._ot_trials.items()
+                                   if ot_trial.number in finished}
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id in self._completed_trials:
+            return  # told already (see restore): an epoch run again changes nothing the study holds
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
