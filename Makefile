@@ -35,8 +35,10 @@ demo: $(STAMP)
 ui: $(STAMP)
 	$(TUNER) ui $$(cat runs/.last-demo 2>/dev/null)
 
+# Three pytest-xdist workers on two cores: many tests wait on Ray, servers and subprocesses. Work
+# units are whole test files (tests/conftest.py), the slow ones first.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadscope
 
 clean-demo:
 	rm -rf runs mlruns mlflow.db submission.csv $(DEMO_DATA)

@@ -12,6 +12,38 @@ from tuner.datasets.demo import unpack_demo_data
 
 REQUIRE_SERVICES = os.environ.get("TUNER_REQUIRE_SERVICES") == "1"
 
+# Test files whose session-scoped fixture (a real search against a real MLflow server) is shared:
+# their tests must run in one pytest-xdist worker, or each worker would run that search again.
+SHARED_SESSION_FIXTURE_DIRS = ("tests/tuner/tracking/",)
+
+
+def work_unit(nodeid: str) -> str:
+    """What pytest-xdist hands to one worker as a whole: a test file (its module-scoped fixtures
+    are built once), or a directory whose files share a session fixture."""
+    path = nodeid.split("::")[0]
+    return next((d for d in SHARED_SESSION_FIXTURE_DIRS if path.startswith(d)), path)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a bare `pytest` runs without xdist
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``-n 3 --dist loadscope``: one work unit per ``work_unit``, handed out
+    in collection order (no reordering by size), which ``pytest_collection_modifyitems`` makes
+    the slow units first, so the long ones start at once instead of last."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # only under xdist
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False
+    return ByWorkUnit(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files stay whole
+
 
 def skip_or_fail(reason: str) -> None:
     """Skips on a user's machine that lacks a service; CI sets TUNER_REQUIRE_SERVICES=1 to fail."""

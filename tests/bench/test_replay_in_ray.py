@@ -42,7 +42,10 @@ def test_a_ray_search_of_three_trials_reports_the_surrogates_curves_within_the_b
     for event in run.events:
         by_trial[event["trial"]].append(event)
     assert len(by_trial) == 3 and len(run.events) == 20
-    assert sorted(len(e) for e in by_trial.values()) == [4, 8, 8]
+    # Two trials at a time: which ones the budget cuts short depends on when each process started
+    # ([4, 8, 8] on an idle machine, [6, 6, 8] on a busy one); the 4 epochs it refuses do not.
+    lengths = sorted(len(e) for e in by_trial.values())
+    assert sum(8 - n for n in lengths) == 4 and lengths[-1] == 8 and lengths[0] >= 1, lengths
     for events in by_trial.values():
         expected = bench.surrogate.sample(events[0]["params"], 5).val_acc[: len(events)]
         assert [e["epoch"] for e in events] == list(range(1, len(events) + 1))
