@@ -151,3 +151,21 @@ def test_a_trial_gets_its_cpu_share_as_torch_threads(tmp_path, cpu, expected):
     assert parse_spec(raw, source="s.yaml").base_config().get("threads") == expected
     raw["fixed"] = {"threads": 2}
     assert parse_spec(raw, source="s.yaml").base_config()["threads"] == 2
+
+
+def test_set_on_a_searched_key_fixes_it_for_the_search(tmp_path):
+    raw = base(tmp_path)
+    raw["space"].update(arch={"choice": ["resnet18", "resnet34"]},
+                        width={"choice": [0.125, 0.25], "when": {"arch": ["resnet18"]}},
+                        optimizer={"choice": ["sgd", "adam"]})
+    raw["points_to_evaluate"] = [{"lr": 0.05, "arch": "resnet18", "width": 0.25, "optimizer": "sgd"}]
+    spec = parse_spec(raw, source="s.yaml", overrides={"optimizer": "adamw"})
+    assert "optimizer" not in {p.name for p in spec.space} and spec.base_config()["optimizer"] == "adamw"
+    assert spec.points_to_evaluate == ({"lr": 0.05, "arch": "resnet18", "width": 0.25},)
+    # A parameter conditional on the pinned key: unconditional where the value meets the condition,
+    width = parse_spec(raw, source="s.yaml", overrides={"arch": "resnet18"}).space
+    assert [(p.name, p.when) for p in width if p.name == "width"] == [("width", ())]
+    # ... and gone where it does not (with a resnet34, width never applies).
+    spec = parse_spec(raw, source="s.yaml", overrides={"arch": "resnet34"})
+    assert {p.name for p in spec.space} == {"lr", "optimizer"}
+    assert spec.points_to_evaluate == ({"lr": 0.05, "optimizer": "sgd"},)

@@ -46,7 +46,7 @@ def register(sub) -> None:
     search.add_argument("spec", help="search-space YAML (see search_spaces/)")
     search.add_argument("--name", help="search name (default: the spec's name)")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a fixed trial setting, e.g. --set epochs=3")
+                        help="override a trial setting, e.g. --set epochs=3 (a searched key is then fixed)")
     search.add_argument("--num-samples", type=int, help="override budget.num_samples")
     search.add_argument("--storage", help="Ray storage path (default: $TUNER_STORAGE or ./runs)")
     search.add_argument("--address", help="Ray cluster address (default: a local embedded cluster)")

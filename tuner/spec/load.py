@@ -54,7 +54,8 @@ def parse_spec(
     fixed = dict(ctx.mapping("fixed", raw.get("fixed", {})))
     fixed.update(overrides or {})
     check_trial_keys(ctx, "fixed", fixed)
-    space = parse_space(ctx, raw.get("space", {}), base_dir)
+    raw_space, raw_points = _pin_overridden(raw, overrides or {})
+    space = parse_space(ctx, raw_space, base_dir)
     overlap = sorted(set(fixed) & {p.name for p in space})
     if overlap:
         ctx.fail(f"space.{overlap[0]}", "is also set in fixed; a key is either fixed or searched")
@@ -77,7 +78,7 @@ def parse_spec(
         scheduler=_parse_scheduler(ctx, raw.get("scheduler", {})),
         budget=_parse_budget(ctx, raw.get("budget", {})),
         resources=_parse_resources(ctx, raw.get("resources", {})),
-        points_to_evaluate=_parse_points(ctx, raw.get("points_to_evaluate", []), space),
+        points_to_evaluate=_parse_points(ctx, raw_points, space),
         storage=_storage_url(ctx, raw.get("storage")),
         tracking=_tracking_uri(ctx, raw.get("tracking")),
     )
@@ -179,6 +180,34 @@ def _parse_resources(ctx: SpecContext, raw: Any) -> ResourceSpec:
     if gpu > 1 and int(gpu) != gpu:
         ctx.fail("resources.gpu", f"a share above 1 GPU must be a whole number, got {gpu}")
     return ResourceSpec(cpu, gpu)
+
+
+def _pin_overridden(raw: dict, overrides: dict) -> tuple[Any, Any]:
+    """``--set key=value`` on a searched key fixes it for this search (``--set width=1`` on
+    recipe.yaml, which searches width for CPUs): the key leaves the space and the points to
+    evaluate; a parameter conditional on it stays, unconditional, where the value meets its
+    condition, and goes where it does not (it would never apply)."""
+    space, points = raw.get("space", {}), raw.get("points_to_evaluate", [])
+    if not isinstance(space, dict) or not set(overrides) & set(space):
+        return space, points
+    pinned = {key: value for key, value in overrides.items() if key in space}
+    kept = {}
+    for key, param in space.items():
+        when = param.get("when") if isinstance(param, dict) else None
+        if key in pinned:
+            continue
+        if isinstance(when, dict) and set(when) & set(pinned):
+            allowed = {k: v if isinstance(v, list) else [v] for k, v in when.items()}
+            if any(pinned[k] not in allowed[k] for k in allowed if k in pinned):
+                pinned[key] = None  # never applies with the pinned value
+                continue
+            rest = {k: v for k, v in when.items() if k not in pinned}
+            param = {k: v for k, v in param.items() if k != "when"} | ({"when": rest} if rest else {})
+        kept[key] = param
+    if isinstance(points, list):
+        points = [{k: v for k, v in point.items() if k not in pinned} if isinstance(point, dict) else point
+                  for point in points]
+    return kept, points
 
 
 def _parse_points(ctx: SpecContext, raw: Any, space: tuple[Param, ...]) -> tuple[dict, ...]:
