@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -218,6 +219,8 @@ def write_report(path: Path, recipes: dict, searches: dict, args) -> dict:
         "searches": {"num_samples": SEARCH_SAMPLES, "epochs": args.search_epochs, "max_concurrent": 1,
                      "scheduler": "demo.yaml's (asha, grace_period 2, reduction_factor 2) for both",
                      "score": "best val_acc of any trial's any epoch", "table": search_table,
+                     "recipe_minus_demo_points": _points(search_table["recipe"]["median_best_val_acc"],
+                                                         search_table["demo"]["median_best_val_acc"]),
                      "complete": all(len(runs) == len(args.seeds) for runs in searches.values())},
         "raw": {"recipes": recipes, "searches": searches},
         "seeds": args.seeds,
@@ -229,11 +232,16 @@ def write_report(path: Path, recipes: dict, searches: dict, args) -> dict:
     return report
 
 
+def _points(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else round(100 * (a - b), 1)
+
+
 def table_lines(report: dict, recipes: dict) -> list[str]:
     lines = ["| recipe | settings | median val_acc | default's median | gain (points) | recipe per seed "
              "| default per seed |", "|---|---|---|---|---|---|---|"]
     for row in report["table"]:
-        shown = {k: v for k, v in recipes[row["recipe"]]["recipe"].items() if k not in SAME_AS_RECIPE}
+        shown = {k: v for k, v in recipes[row["recipe"]]["recipe"].items()
+                 if k not in SAME_AS_RECIPE or k == "width"}  # widths differ between recipes
         lines.append(f"| {row['recipe']} | {', '.join(f'{k}={v}' for k, v in shown.items())} | "
                      f"{row['median_val_acc']:.3f} | {row['default_median_val_acc']:.3f} | "
                      f"{row['gain_points']:+.1f} | {', '.join(f'{v:.3f}' for v in row['per_seed'])} | "
