@@ -2,13 +2,14 @@
 
 A trial stopped by the scheduler is PRUNED (with its intermediate values), a diverged or crashed one
 FAILS, and only a trial that ended itself (its epochs done, or converged under dev-decay) is
-COMPLETE. Upstream OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, which
+COMPLETE, with its best epoch's value (what the leaderboard ranks by and promote picks). Upstream OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, which
 teaches TPE that 2-epoch accuracies are final ones.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import optuna
@@ -37,6 +38,17 @@ def optuna_outcome(result: Optional[dict], *, error: bool, metric: str):
 
 
 class TruthfulOptunaSearch(OptunaSearch):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Each running trial's best metric so far: a COMPLETE trial's value in the study is its best
+        # epoch, the quantity the leaderboard ranks by and promote picks, not its last epoch.
+        self._best_so_far: dict[str, float] = {}
+
+    def _better(self, a: Optional[float], b: Optional[float]) -> Optional[float]:
+        if a is None or b is None:
+            return b if a is None else a
+        return max(a, b) if self.mode == "max" else min(a, b)
+
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
@@ -58,12 +70,17 @@ class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict):
         if trial_id in self._completed_trials:
             return  # told already (see restore): an epoch run again changes nothing the study holds
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self._best_so_far[trial_id] = self._better(self._best_so_far.get(trial_id), float(value))
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         state, value = optuna_outcome(result, error=error, metric=self.metric)
+        if state == optuna.trial.TrialState.COMPLETE:
+            value = self._better(self._best_so_far.pop(trial_id, None), value)
         reached = (result or {}).get(self.metric)
         if state == optuna.trial.TrialState.PRUNED and reached is not None:
             # Ray hands the result on which the scheduler stops a trial to on_trial_complete only,
