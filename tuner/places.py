@@ -55,8 +55,20 @@ def resolve_tracking_uri(flag: Optional[str], *, spec_value: Optional[str] = Non
     return uri
 
 
+NAME_RULE = "a non-empty name of letters, digits, - and _"
+
+
+def is_search_name(name: object) -> bool:
+    """A search's name names folders (storage, state) and the MLflow experiment: nothing that could
+    climb out of the storage (``../x``, ``/abs``) or need quoting."""
+    return isinstance(name, str) and bool(name.strip()) and name.replace("-", "").replace("_", "").isalnum() \
+        and name.isascii()
+
+
 def search_places(search: str, *, tracking_uri: str, storage: Optional[str]) -> SearchPlaces:
     """Places of the search ``search``; ``tracking_uri`` comes from ``resolve_tracking_uri``."""
+    if not is_search_name(search):
+        raise UserError(f"search name {search!r}: must be {NAME_RULE}")
     storage_path = storage or os.environ.get(STORAGE_ENV) or str(Path.cwd() / "runs")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())

@@ -169,3 +169,18 @@ def test_set_on_a_searched_key_fixes_it_for_the_search(tmp_path):
     spec = parse_spec(raw, source="s.yaml", overrides={"arch": "resnet34"})
     assert {p.name for p in spec.space} == {"lr", "optimizer"}
     assert spec.points_to_evaluate == ({"lr": 0.05, "optimizer": "sgd"},)
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "x y", "", "nàme"])
+def test_a_search_name_that_could_leave_the_storage_is_refused(tmp_path, name):
+    from tuner.errors import UserError
+    from tuner.places import search_places
+    from tuner.search.command import start_search
+
+    with pytest.raises(UserError, match="must be a non-empty name of letters, digits, - and _"):
+        search_places(name, tracking_uri="sqlite:///x.db", storage=str(tmp_path / "runs"))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(base(tmp_path)))
+    with pytest.raises(UserError, match=r"^--name .*: must be a non-empty name"):
+        start_search(spec, overrides={}, name=name)  # refused before anything is written
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.parent.glob("x"))

@@ -10,7 +10,7 @@ from typing import Optional
 from tuner.cluster.connect import ray_address_from_env
 from tuner.cluster.preflight import preflight_search
 from tuner.errors import UserError
-from tuner.places import SearchPlaces, resolve_tracking_uri, search_places
+from tuner.places import NAME_RULE, SearchPlaces, is_search_name, resolve_tracking_uri, search_places
 from tuner.redact import redact
 from tuner.search.definition import load_definition, save_definition, write_definition
 from tuner.search.driver import ensure_new_search, resume_search, run_search
@@ -53,6 +53,8 @@ def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None
                  num_samples: Optional[int] = None, storage: Optional[str] = None,
                  address: Optional[str] = None, tracking_uri: Optional[str] = None) -> SearchSpec:
     """Runs a new search to its end and prints its summary; returns the spec it ran."""
+    if name is not None and not is_search_name(name):
+        raise UserError(f"--name {name!r}: must be {NAME_RULE} (it names the search's folders)")
     spec = load_spec(spec_file, overrides=overrides)
     if name:
         spec = dataclasses.replace(spec, name=name)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import yaml
 
+from tuner.places import NAME_RULE, is_search_name
 from tuner.redact import redact
 from tuner.search.options import check_options
 from tuner.search.samplers import SAMPLERS
@@ -48,8 +49,8 @@ def parse_spec(
         ctx.fail("", f"the file must hold a mapping of keys, got {type(raw).__name__}")
     ctx.reject_unknown("", raw, TOP_KEYS)
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or not name.replace("-", "").replace("_", "").isalnum():
-        ctx.fail("name", f"must be a non-empty name of letters, digits, - and _, got {name!r}")
+    if not is_search_name(name):
+        ctx.fail("name", f"must be {NAME_RULE}, got {name!r}")
     data = _parse_data(ctx, raw.get("data"), working_dir or Path.cwd())
     fixed = dict(ctx.mapping("fixed", raw.get("fixed", {})))
     fixed.update(overrides or {})
