@@ -187,6 +187,11 @@ class TrackingWriter:
                 self.client.update_run(run_id, status=op["status"])
             elif kind == "artifacts":
                 source = Path(op["dir"])
+                staged = (self.state_dir / STAGED_DIR).resolve()
+                # The queue is a file: whoever can write it must not make a replay upload (and then
+                # delete) a folder outside the staging area the callback writes to.
+                if not source.resolve().is_relative_to(staged) or source.resolve() == staged:
+                    raise Refused(f"artifacts folder {source} is outside {staged}")
                 if source.is_dir():  # gone: uploaded before a crash removed it from the queue
                     self.client.log_artifacts(run_id, str(source), op.get("path"))
                     shutil.rmtree(source, ignore_errors=True)

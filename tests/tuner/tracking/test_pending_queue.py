@@ -1,0 +1,39 @@
+"""The pending-write queue is a file in the search's state folder: replaying it must not do more
+than the tracking callback could have asked for."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from tuner.tracking.buffer import REJECTED_FILE, SEARCH_TARGET, TrackingWriter, replay
+from tuner.tracking.tags import KIND_TAG, UID_TAG
+
+
+def test_a_replayed_queue_uploads_and_deletes_only_folders_in_its_staging_area(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = tmp_path / "state"
+    writer = TrackingWriter(tracking_uri=uri, state_dir=state, search_name="s")
+    writer.record({"op": "experiment", "name": "s"})
+    writer.record({"op": "create_run", "target": SEARCH_TARGET, "run_name": "s",
+                   "tags": {UID_TAG: "u1", KIND_TAG: "search"}})
+    staged = writer.staging_dir("search-spec")
+    staged.mkdir(parents=True)
+    (staged / "spec.yaml").write_text("name: s\n")
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data.txt").write_text("keep me")
+    # Written into the queue file by someone else, as the driver would find it on `tuner flush`.
+    with open(writer.pending_path, "a") as queue:
+        for folder in (outside, staged / ".." / ".." / ".." / "precious", staged):
+            queue.write(json.dumps({"op": "artifacts", "target": SEARCH_TARGET, "dir": str(folder)}) + "\n")
+
+    assert replay(tracking_uri=uri, state_dir=state, search_name="s") == []
+    assert (outside / "data.txt").read_text() == "keep me"  # neither uploaded nor deleted
+    rejected = [json.loads(line) for line in (state / REJECTED_FILE).read_text().splitlines()]
+    assert len(rejected) == 2 and all("is outside" in r["error"] for r in rejected)
+    assert not staged.exists()  # the callback's own folder: uploaded, then removed
+    client = MlflowClient(uri)
+    run_id = writer.run_id(SEARCH_TARGET)
+    assert [a.path for a in client.list_artifacts(run_id)] == ["spec.yaml"]
