@@ -299,8 +299,13 @@ def test_spec_key_with_control_characters_stays_one_line(tmp_path: Path) -> None
         ("name: t\nspace: {lr: [1, 2\n", "line 3"),
         ("name: t\n  fixed: 1\n bad", "line 2"),
         ("name: t\ndata: {train: x\tval: y}\n", "line 2"),
+        # The "billion laughs": nine lines that stand for 10^9 strings once walked.
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+         + "".join(f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                   for p, n in zip("abcdefgh", "bcdefghi")) + "name: *i\n", "aliases (*name) are not allowed"),
+        ("name: t\nfixed: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ],
-    ids=["unclosed_bracket", "bad_indent", "tab_in_flow"],
+    ids=["unclosed_bracket", "bad_indent", "tab_in_flow", "billion_laughs", "deep_nesting"],
 )
 def test_spec_malformed_yaml(text: str, where: str, tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"

@@ -5,11 +5,32 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import yaml
+
 from tuner.errors import UserError
 
 
 class SpecError(UserError):
     """A search spec breaks a rule; the message starts with ``file: key.path:``."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without aliases: a few lines of ``*name`` references can stand for gigabytes once
+    the spec is walked (the "billion laughs"), and a spec has no need of them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """A spec's or a trial config's YAML; every problem, deep nesting included, is a YAMLError."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 class SpecContext:

@@ -16,7 +16,7 @@ from tuner.redact import redact
 from tuner.search.options import check_options
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
-from tuner.spec.context import SpecContext, SpecError
+from tuner.spec.context import SpecContext, SpecError, parse_yaml
 from tuner.spec.model import (DATA_KEYS, MODES, TOP_KEYS, BudgetSpec, DataSpec, ResourceSpec,
                               SamplerSpec, SchedulerSpec, SearchSpec)
 from tuner.spec.space import Param, check_trial_keys, parse_space
@@ -29,7 +29,7 @@ def load_spec(path: str | Path, overrides: Optional[dict] = None) -> SearchSpec:
     if not path.is_file():
         raise SpecError(f"{path}: search spec file does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from tuner.errors import UserError
+from tuner.spec.context import parse_yaml
 from tuner.spec.load import load_spec
 from tuner.spec.model import TOP_KEYS, SearchSpec
 from tuner.spec.space import Param
@@ -29,7 +30,7 @@ def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: config file does not exist")
     try:
-        return yaml.safe_load(path.read_text())
+        return parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{path.name}: malformed YAML: {str(err).splitlines()[0]}") from None
 
@@ -69,7 +70,7 @@ def spec_if_any(path: str | Path, overrides: Optional[dict] = None) -> Optional[
     file is a plain trial config."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except (OSError, yaml.YAMLError):
         return None  # config_from_file has already said what is wrong with the file
     if not is_search_spec(raw):
