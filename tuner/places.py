@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuner.errors import UserError
-from tuner.redact import redact
+from tuner.redact import literal_credential, redact
 
 TRACKING_ENV = "TUNER_TRACKING_URI"
 STORAGE_ENV = "TUNER_STORAGE"
@@ -47,10 +47,11 @@ def resolve_tracking_uri(flag: Optional[str], *, spec_value: Optional[str] = Non
     password is refused, since the URI ends up in saved state and logs.
     """
     uri = flag or os.environ.get(TRACKING_ENV) or spec_value or default_tracking_uri(Path.cwd())
-    if redact(uri) != uri:
+    reason = literal_credential(uri)
+    if reason or redact(uri) != uri:
         raise UserError(
-            f"tracking URI {redact(uri)} holds a literal credential; use MLFLOW_TRACKING_USERNAME / "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference"
+            f"tracking URI {redact(uri)} holds a literal credential ({reason or 'a secret'}); use "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference"
         )
     return uri
 
@@ -70,6 +71,10 @@ def search_places(search: str, *, tracking_uri: str, storage: Optional[str]) -> 
     if not is_search_name(search):
         raise UserError(f"search name {search!r}: must be {NAME_RULE}")
     storage_path = storage or os.environ.get(STORAGE_ENV) or str(Path.cwd() / "runs")
+    reason = literal_credential(storage_path)
+    if reason:
+        raise UserError(f"storage {redact(storage_path)} holds a literal credential ({reason}); S3 takes "
+                        "AWS_* variables, ~/.aws or the instance profile")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
         state_dir = Path(storage_path) / search / "tuner_state"

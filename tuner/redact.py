@@ -12,18 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Optional
+from urllib.parse import parse_qsl
 
 from tuner.errors import UserError
 
-# scheme://user:password@host -> scheme://user:***@host
-_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<at>@)")
-# ?token=… &password=… &key=… &secret=… &sig=… (query-string credentials, presigned URLs)
-_QUERY = re.compile(
-    r"(?P<head>[?&](?:token|access_token|password|passwd|secret|key|api_key|sig|signature|"
-    r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token)=)(?P<secret>[^&\s#]+)",
-    re.IGNORECASE,
-)
+# Query keys that carry secrets: token, password, secret, api_key, sig, X-Amz-Signature, …, alone or
+# as the last word of a longer key (client_secret, X-Amz-Security-Token; not sslkey, a file path).
+_SECRET_WORDS = (r"token|access_token|password|passwd|pwd|sslpassword|secret|api_?key|apikey|key|sig|"
+                 r"signature|credential|security-token|auth|authorization")
+_SECRET_KEY = re.compile(rf"(?:[A-Za-z0-9._-]*[_-])?(?:{_SECRET_WORDS})", re.IGNORECASE)
+# scheme://user:password@host -> scheme://user:***@host (a password may hold "/" or ":")
+_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)(?P<secret>[^\s@]+)(?P<at>@)")
+# https://TOKEN@host -> https://***@host (a bare user name in http(s) is a token: MLflow and Git hosts)
+_HTTP_TOKEN = re.compile(r"(?P<head>\bhttps?://)(?P<secret>[^\s:/@]+)(?P<at>@)", re.IGNORECASE)
+_QUERY = re.compile(rf"(?P<head>[?&]{_SECRET_KEY.pattern}=)(?P<secret>[^&\s#]+)", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
 MASK = "***"
 
@@ -32,8 +35,30 @@ def redact(text: Any) -> Any:
     """The same text with every credential inside a URI replaced by ``***`` (non-strings unchanged)."""
     if not isinstance(text, str):
         return text
-    text = _USERINFO.sub(lambda m: m["head"] + (m["secret"] if _is_env_reference(m["secret"]) else MASK) + m["at"], text)
-    return _QUERY.sub(lambda m: m["head"] + MASK, text)
+    for pattern in (_USERINFO, _HTTP_TOKEN):
+        text = pattern.sub(lambda m: m["head"] + (m["secret"] if _is_env_reference(m["secret"]) else MASK)
+                           + m["at"], text)
+    return _QUERY.sub(lambda m: m["head"] + (m["secret"] if _is_env_reference(m["secret"]) else MASK), text)
+
+
+def literal_credential(uri: str) -> Optional[str]:
+    """What in the one URI ``uri`` is a literal credential, parsed rather than pattern-matched (a
+    password may hold "/", ":" or a space), or None. ``${VAR}`` references are not literal."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return None
+    before_query, _, query = rest.partition("#")[0].partition("?")
+    userinfo, at, _host = before_query.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if at and "/" not in user:  # an "@" after a "/" is in the path (s3://bucket/key@v1), not userinfo
+        if colon and password and not _is_env_reference(password):
+            return "a password in the user:password part"
+        if not colon and user and scheme.lower() in ("http", "https") and not _is_env_reference(user):
+            return "a token as the user name"
+    for key, value in parse_qsl(query, keep_blank_values=False):
+        if _SECRET_KEY.fullmatch(key) and not _is_env_reference(value):
+            return f"a secret in ?{key}="
+    return None
 
 
 def _is_env_reference(secret: str) -> bool:

@@ -252,11 +252,11 @@ SPEC_CASES: dict[str, tuple[Callable[[dict], Any], list[str]]] = {
     "name_with_path": (lambda r: r.update(name="../../etc"), ["s.yaml: name:"]),
     "literal_password_in_storage": (
         lambda r: r.update(storage=f"postgresql://tuner:{SECRET}@db.internal/optuna"),
-        ["s.yaml: storage: holds a literal password"],
+        ["s.yaml: storage: holds a literal credential"],
     ),
     "token_in_storage_query": (
         lambda r: r.update(storage=f"postgresql://db.internal/optuna?password={SECRET}"),
-        ["s.yaml: storage: holds a literal password"],
+        ["s.yaml: storage: holds a literal credential"],
     ),
 }
 

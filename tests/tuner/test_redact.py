@@ -20,6 +20,12 @@ from tuner.redact import RedactingFilter, expand_env, redact
     ("postgresql://tuner:${PGPASS}@db/optuna", "postgresql://tuner:${PGPASS}@db/optuna"),
     ("postgresql://tuner@db/optuna", "postgresql://tuner@db/optuna"),
     ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    # A password with "/" (or ":"), a token as http(s) user name, a secret under a longer query key.
+    ("postgresql://u:pa/ss@db/optuna", "postgresql://u:***@db/optuna"),
+    ("https://ghp_abc123@mlflow.example.com", "https://***@mlflow.example.com"),
+    ("https://h/api?client_secret=abc&x=1", "https://h/api?client_secret=***&x=1"),
+    ("https://h/api?apikey=abc", "https://h/api?apikey=***"),
+    ("postgresql://u@db/x?sslmode=require&sslkey=/etc/k.pem", "postgresql://u@db/x?sslmode=require&sslkey=/etc/k.pem"),
 ])
 def test_redact_hides_passwords_and_tokens(raw, shown):
     assert redact(raw) == shown
@@ -47,7 +53,7 @@ def test_a_spec_with_a_literal_password_is_refused(tmp_path):
 
     raw = {"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
            "storage": "postgresql://tuner:hunter2@db/optuna"}
-    with pytest.raises(SpecError, match="storage: holds a literal password") as err:
+    with pytest.raises(SpecError, match="storage: holds a literal credential") as err:
         parse_spec(raw, source="s.yaml")
     assert "hunter2" not in str(err.value)
     raw["storage"] = "postgresql://tuner:${PGPASS}@db/optuna"
@@ -60,3 +66,34 @@ def test_a_tracking_uri_with_a_literal_password_is_refused():
     with pytest.raises(UserError, match="holds a literal credential") as err:
         resolve_tracking_uri("http://alice:hunter2@mlflow:5000")
     assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize("uri, reason", [
+    ("postgresql://u:pa/ss@db/optuna", "user:password"),
+    ("postgresql://u:pa ss@db/optuna", "user:password"),  # a space: redact() cannot see it, the parser can
+    ("https://ghp_abc123@mlflow.example.com", "token as the user name"),
+    ("https://mlflow.example.com/?access_token=abc", "?access_token="),
+    ("https://h/x?X-Amz-Security-Token=abc", "?X-Amz-Security-Token="),
+    ("s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/runs", "user:password"),
+    ("postgresql://tuner:${PGPASS}@db/optuna", None),
+    ("https://${MLFLOW_TOKEN}@mlflow.example.com", None),
+    ("postgresql://tuner@db/optuna?sslkey=/etc/client.key", None),
+    ("s3://bucket/runs@v1/key", None),
+    ("/home/me/runs", None),
+])
+def test_literal_credential_is_parsed_not_pattern_matched(uri, reason):
+    from tuner.redact import literal_credential
+
+    found = literal_credential(uri)
+    assert (found is None) if reason is None else (reason in found), found
+
+
+def test_storage_and_tracking_uri_with_a_credential_are_refused_without_showing_it(monkeypatch, tmp_path):
+    from tuner.places import resolve_tracking_uri, search_places
+
+    with pytest.raises(UserError, match="storage .* holds a literal credential") as err:
+        search_places("s", tracking_uri="sqlite:///x.db", storage="s3://AKIAEXAMPLE:wJalr/XUtn@bucket/runs")
+    assert "wJalr" not in str(err.value)
+    monkeypatch.setenv("TUNER_TRACKING_URI", "http://alice:pa ss@mlflow.internal:5000")
+    with pytest.raises(UserError, match="holds a literal credential"):
+        resolve_tracking_uri(None)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from tuner.places import NAME_RULE, is_search_name
-from tuner.redact import redact
+from tuner.redact import literal_credential, redact
 from tuner.search.options import check_options
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
@@ -94,18 +94,22 @@ def _optional_str(ctx: SpecContext, key: str, value: Any) -> Optional[str]:
 
 
 def _storage_url(ctx: SpecContext, value: Any) -> Optional[str]:
-    value = _optional_str(ctx, "storage", value)
-    if value is not None and redact(value) != value:
-        ctx.fail("storage", "holds a literal password; name a variable instead "
-                 "(postgresql://user:${PGPASS}@host/db) or use PGPASSWORD / ~/.pgpass")
-    return value
+    return _uri_without_credential(ctx, "storage", value, "name a variable instead "
+                                   "(postgresql://user:${PGPASS}@host/db) or use PGPASSWORD / ~/.pgpass")
 
 
 def _tracking_uri(ctx: SpecContext, value: Any) -> Optional[str]:
-    value = _optional_str(ctx, "tracking", value)
-    if value is not None and redact(value) != value:
-        ctx.fail("tracking", "holds a literal credential; use MLFLOW_TRACKING_USERNAME / "
-                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference")
+    return _uri_without_credential(ctx, "tracking", value, "use MLFLOW_TRACKING_USERNAME / "
+                                   "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference")
+
+
+def _uri_without_credential(ctx: SpecContext, key: str, value: Any, advice: str) -> Optional[str]:
+    """A spec is saved with the search and shown in MLflow: a URI in it must not hold a secret."""
+    value = _optional_str(ctx, key, value)
+    if value is not None:
+        reason = literal_credential(value) or ("a secret" if redact(value) != value else None)
+        if reason:
+            ctx.fail(key, f"holds a literal credential ({reason}); {advice}")
     return value
 
 
