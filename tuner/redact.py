@@ -81,18 +81,34 @@ def redact_mapping(values: dict) -> dict:
     return {key: redact_mapping(v) if isinstance(v, dict) else redact(v) for key, v in values.items()}
 
 
+def _redact_record(record: logging.LogRecord) -> None:
+    message = record.getMessage()
+    cleaned = redact(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+    if record.exc_info and not record.exc_text:  # the handler would format it later, unredacted
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites every log record's message (after %-formatting) through ``redact``."""
+    """The same redaction as a handler filter, for a handler of your own (say, in a Ray worker)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        _redact_record(record)
         return True
 
 
 def install_log_redaction() -> None:
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    """Every log record made in this process from now on, whichever logger and handler (mlflow,
+    optuna, ray and sqlalchemy bring their own), has its message and traceback redacted."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "redacting", False):
+        return
+
+    def redacting_record(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    redacting_record.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_record)

@@ -97,3 +97,50 @@ def test_storage_and_tracking_uri_with_a_credential_are_refused_without_showing_
     monkeypatch.setenv("TUNER_TRACKING_URI", "http://alice:pa ss@mlflow.internal:5000")
     with pytest.raises(UserError, match="holds a literal credential"):
         resolve_tracking_uri(None)
+
+
+def test_every_logger_and_traceback_is_redacted_once_installed(capsys):
+    """mlflow, optuna and ray log through handlers of their own, made before or after tuner starts."""
+    import io
+
+    from tuner.redact import install_log_redaction
+
+    before = logging.getLogRecordFactory()
+    out = io.StringIO()
+    logger = logging.getLogger("optuna.storages.test")  # a library logger with its own handler
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        install_log_redaction()
+        install_log_redaction()  # idempotent: one wrapper, not two
+        logger.warning("cannot reach %s", "postgresql://u:hunter2@db/x")
+        try:
+            raise RuntimeError("engine for postgresql://u:hunter2@db/x failed")
+        except RuntimeError:
+            logger.exception("storage error")
+    finally:
+        logging.setLogRecordFactory(before)
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = out.getvalue()
+    assert "hunter2" not in text and "cannot reach postgresql://u:***@db/x" in text
+    assert "Traceback" in text and "RuntimeError: engine for postgresql://u:***@db/x failed" in text
+
+
+def test_an_unexpected_error_is_a_redacted_traceback_and_status_1(monkeypatch, capsys):
+    from tuner import cli
+    from tuner.cli import results
+
+    def broken(args):
+        raise RuntimeError("could not open postgresql://u:hunter2@db/x")
+
+    monkeypatch.setattr(results, "cmd_score", broken)
+    before = logging.getLogRecordFactory()
+    try:
+        status = cli.main(["score", "a.csv", "--key", "b.csv"])
+    finally:
+        logging.setLogRecordFactory(before)
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" in err and "RuntimeError" in err
+    assert "hunter2" not in err and "postgresql://u:***@db/x" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Callable, Optional
 
 from tuner.cli import data, diagnose, results, search
@@ -50,3 +51,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("tuner: interrupted; finished work is kept (see `tuner resume`)", file=sys.stderr)
         return 130
+    except Exception:  # a bug, or a library's own error: its traceback, with credentials masked
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
