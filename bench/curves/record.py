@@ -33,7 +33,7 @@ from bench.curves.recording import (DEFAULT_SPEC, DEFAULT_TABLE, PlannedConfig, 
                                     RecordedCurve, RecordingPlan, curve_from_reports, plan_recording,
                                     read_metadata, read_table, trial_dict, write_table)
 
-# Recording settings: CPU-sized (the sample's 3,000 images, resnet18 at width 1/8 from the spec).
+# Recording settings: CPU-sized (the sample's 3,000 images; resnet18 at the spec's widths, 1/8 or 1/4).
 DEFAULT_CONFIGS = 150  # random points, besides the spec's points_to_evaluate
 DEFAULT_REPEATS = 10  # random points trained again with seed 1: the seed-to-seed noise
 DEFAULT_TRAIN_SUBSET = 1000  # a fixed, seeded subset of the 3,000 training images (~5.5 CPU s an epoch)
