@@ -48,9 +48,9 @@ def resolve_tracking_uri(flag: Optional[str], *, spec_value: Optional[str] = Non
     """
     uri = flag or os.environ.get(TRACKING_ENV) or spec_value or default_tracking_uri(Path.cwd())
     reason = literal_credential(uri)
-    if reason or redact(uri) != uri:
+    if reason:
         raise UserError(
-            f"tracking URI {redact(uri)} holds a literal credential ({reason or 'a secret'}); use "
+            f"tracking URI {redact(uri)} holds a literal credential ({reason}); use "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or a ${VAR} reference"
         )
     return uri

@@ -46,7 +46,7 @@ def literal_credential(uri: str) -> Optional[str]:
     password may hold "/", ":" or a space), or None. ``${VAR}`` references are not literal."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
-        return None
+        return "a secret" if redact(uri) != uri else None
     before_query, _, query = rest.partition("#")[0].partition("?")
     userinfo, at, _host = before_query.rpartition("@")
     user, colon, password = userinfo.partition(":")
@@ -58,7 +58,7 @@ def literal_credential(uri: str) -> Optional[str]:
     for key, value in parse_qsl(query, keep_blank_values=False):
         if _SECRET_KEY.fullmatch(key) and not _is_env_reference(value):
             return f"a secret in ?{key}="
-    return None
+    return "a secret" if redact(uri) != uri else None  # whatever else redact() would mask
 
 
 def _is_env_reference(secret: str) -> bool:

@@ -2,8 +2,9 @@
 
 A trial stopped by the scheduler is PRUNED (with its intermediate values), a diverged or crashed one
 FAILS, and only a trial that ended itself (its epochs done, or converged under dev-decay) is
-COMPLETE, with its best epoch's value (what the leaderboard ranks by and promote picks). Upstream OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, which
-teaches TPE that 2-epoch accuracies are final ones.
+COMPLETE, with its best epoch's value (what the leaderboard ranks by and promote picks). Upstream
+OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, which teaches TPE that
+2-epoch accuracies are final ones.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from tuner.places import NAME_RULE, is_search_name
-from tuner.redact import literal_credential, redact
+from tuner.redact import literal_credential
 from tuner.search.options import check_options
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
@@ -107,7 +107,7 @@ def _uri_without_credential(ctx: SpecContext, key: str, value: Any, advice: str)
     """A spec is saved with the search and shown in MLflow: a URI in it must not hold a secret."""
     value = _optional_str(ctx, key, value)
     if value is not None:
-        reason = literal_credential(value) or ("a secret" if redact(value) != value else None)
+        reason = literal_credential(value)
         if reason:
             ctx.fail(key, f"holds a literal credential ({reason}); {advice}")
     return value
