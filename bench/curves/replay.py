@@ -73,6 +73,23 @@ class EpochBudget:
         return self.limit is not None and self.path.exists() and self.path.stat().st_size >= self.limit
 
 
+def budget_stopper(events_dir: Path, epoch_budget: Optional[int]):
+    """A Tune stopper that ends the whole search once its epoch budget is spent, so that the
+    surplus trials of ``num_samples`` are never started (each would cost a trial launch)."""
+    from ray import tune
+
+    budget = EpochBudget(Path(events_dir) / "budget", epoch_budget)
+
+    class BudgetStopper(tune.Stopper):
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return budget.spent()
+
+    return BudgetStopper()
+
+
 def append_event(events_dir: Path, trial: str, event: dict) -> None:
     with open(Path(events_dir) / f"{trial}.jsonl", "a") as handle:
         handle.write(json.dumps(event) + "\n")

@@ -53,6 +53,16 @@ def test_a_ray_search_of_three_trials_reports_the_surrogates_curves_within_the_b
     assert [e["t"] for e in run.events] == sorted(e["t"] for e in run.events)
 
 
+def test_the_search_ends_when_its_epoch_budget_is_spent(bench):
+    # 10 trials of 8 epochs are asked for, the budget pays for 20 epochs: once it is spent the
+    # stopper ends the search, so the surplus trials are never launched (each costs a process).
+    spec = bench_spec(bench, 6, "replay-stop", sampler={"name": "random"}, scheduler={"name": "fifo"},
+                      priors=False, num_samples=10)
+    run = real_driver(bench, 6, spec)
+    assert len(run.events) == 20
+    assert run.trials <= 4, run.trials  # 2 at once: 3 trials pay for 20 epochs, a 4th may have started
+
+
 def test_budget_counter(tmp_path):
     budget = EpochBudget(tmp_path / "b", 2)
     assert [budget.take() for _ in range(3)] == [True, True, False]

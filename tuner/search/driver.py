@@ -37,9 +37,11 @@ def _trainable(spec: SearchSpec, function: Callable[[dict], None]):
 
 def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
                 *, experiment: Optional[tuple[str, str]] = None,
-                trainable: Callable[[dict], None] = tune_trainable) -> tune.Tuner:
+                trainable: Callable[[dict], None] = tune_trainable,
+                stop: Optional[tune.Stopper] = None) -> tune.Tuner:
     """The Ray Tune Tuner of a search. ``trainable`` is the shared trainable; benchmarks and tests
-    pass one that replays recorded curves, to run this same search path in simulated time."""
+    pass one that replays recorded curves, to run this same search path in simulated time, and a
+    ``stop`` that ends the search once its epoch budget is spent."""
     searcher = build_searcher(spec, places, study_name=spec.name, warm_start=experiment is None)
     storage_path, name = experiment or (places.storage_path, spec.name)
     return tune.Tuner(
@@ -59,6 +61,7 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
             name=name,
             storage_path=storage_path,
             callbacks=[tracking],
+            stop=stop,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2,  # the best by metric (for promote) and Ray keeps the latest (resume)
                 checkpoint_score_attribute=spec.metric,
@@ -82,11 +85,11 @@ def ensure_new_search(places: SearchPlaces, name: str) -> None:
 
 def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
                *, address: Optional[str] = None, experiment: Optional[tuple[str, str]] = None,
-               trainable: Callable[[dict], None] = tune_trainable):
+               trainable: Callable[[dict], None] = tune_trainable, stop: Optional[tune.Stopper] = None):
     """Runs a search to its end. ``experiment`` = (storage path, Ray experiment name) for a
     ``--more`` extension, which is a new Ray experiment continuing the same Optuna study."""
     start_ray(address)
-    tuner = build_tuner(spec, places, tracking, experiment=experiment, trainable=trainable)
+    tuner = build_tuner(spec, places, tracking, experiment=experiment, trainable=trainable, stop=stop)
     try:
         return tuner.fit()
     finally:
