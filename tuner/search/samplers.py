@@ -10,7 +10,7 @@ Builders import optuna inside themselves: the spec parser reads this registry's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from tuner.search.options import Option
 from trainables.registry import Registry
@@ -27,6 +27,7 @@ class SamplerBuild:
     seed: Any
     options: dict
     max_concurrent: int
+    num_samples: Optional[int] = None  # trials the search will ask for (None: unknown, open-ended)
 
     @property
     def conditional(self) -> bool:
@@ -57,7 +58,8 @@ def _register(name: str, **entry):
         "multivariate": Option(bool, True, help="model parameters jointly"),
         "group": Option(bool, None, help="split conditional subspaces (default: on when the space has `when`)"),
         "constant_liar": Option(bool, None, help="penalise running trials (default: on when max_concurrent > 1)"),
-        "n_startup_trials": Option(int, 10, minimum=0, help="random trials before the model is used"),
+        "n_startup_trials": Option(int, None, minimum=0, help="random trials before the model is used "
+                                   "(default: sized to the budget, see startup_trials)"),
         "n_ei_candidates": Option(int, 24, minimum=1, help="candidates scored per suggestion"),
     },
 )
@@ -69,8 +71,21 @@ def _tpe(b: SamplerBuild):
         seed=b.seed, multivariate=o["multivariate"],
         group=b.conditional if o["group"] is None else o["group"],
         constant_liar=b.max_concurrent > 1 if o["constant_liar"] is None else o["constant_liar"],
-        n_startup_trials=o["n_startup_trials"], n_ei_candidates=o["n_ei_candidates"],
+        n_startup_trials=startup_trials(b) if o["n_startup_trials"] is None else o["n_startup_trials"],
+        n_ei_candidates=o["n_ei_candidates"],
     )
+
+
+MAX_STARTUP_TRIALS = 10  # Optuna's own default, for open-ended and large searches
+
+
+def startup_trials(b: SamplerBuild) -> int:
+    """Random trials before the model guides: a fifth of the budget, at least one batch of parallel
+    trials, at most Optuna's 10. With Optuna's fixed 10, a 12-trial search is 10 random trials and
+    2 guided ones; the model starts learning after max(2, 12 // 5) = 2 here."""
+    if b.num_samples is None:
+        return MAX_STARTUP_TRIALS
+    return min(MAX_STARTUP_TRIALS, max(b.max_concurrent, b.num_samples // 5))
 
 
 @_register("random", summary="Independent uniform sampling (the baseline every method must beat)")
@@ -121,6 +136,7 @@ def _grid(b: SamplerBuild):
     return optuna.samplers.GridSampler({p.name: list(p.choices) for p in b.space}, seed=b.seed)
 
 
-def build_sampler(name: str, *, space: tuple, seed: Any, options: dict, max_concurrent: int):
+def build_sampler(name: str, *, space: tuple, seed: Any, options: dict, max_concurrent: int,
+                  num_samples: Optional[int] = None):
     """The Optuna sampler of registry entry ``name`` (options already checked by the spec)."""
-    return SAMPLERS.get(name).build(SamplerBuild(space, seed, options, max_concurrent))
+    return SAMPLERS.get(name).build(SamplerBuild(space, seed, options, max_concurrent, num_samples))

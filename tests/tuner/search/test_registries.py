@@ -86,6 +86,20 @@ def test_an_option_reaches_the_optuna_sampler(tmp_path):
     assert sampler._n_startup_trials == 3
 
 
+@pytest.mark.parametrize("num_samples,max_concurrent,startup", [
+    (12, 2, 2),      # the journal's 12-trial search: 2 random trials, not Optuna's 10 of 12
+    (40, 2, 8),      # a fifth of the budget
+    (12, 4, 4),      # at least the first batch of parallel trials
+    (500, 4, 10),    # at most Optuna's 10
+    (None, 2, 10),   # an open-ended search
+])
+def test_tpe_startup_is_sized_to_the_budget(tmp_path, num_samples, max_concurrent, startup):
+    spec = spec_with(tmp_path, {"loguniform"}, sampler={"name": "tpe"})
+    sampler = build_sampler("tpe", space=spec.space, seed=0, options=spec.sampler.options,
+                            max_concurrent=max_concurrent, num_samples=num_samples)
+    assert sampler._n_startup_trials == startup
+
+
 @pytest.mark.parametrize("name", SCHEDULERS.names())
 def test_scheduler_builds_with_its_defaults(tmp_path, name):
     entry = SCHEDULERS.get(name)
