@@ -1,7 +1,7 @@
 """How good is the search per epoch of compute? Search methods on recorded learning curves.
 
 Every method (bench/curves/methods.py: random+FIFO, random+ASHA, the journal's grid, today's default,
-plain Optuna TPE+Hyperband, Ray's own OptunaSearch+ASHA, GPSampler+ASHA, "ours") searches the space
+plain Optuna TPE+Hyperband, Ray's own OptunaSearch+ASHA, GPSampler+ASHA, the candidates) searches the space
 recorded in bench/curves/curves.parquet; the Ray methods run the REAL driver with a trainable that
 replays the surrogate's curves in scaled time (sleep = recorded seconds x factor), 2-8 trials at once.
 Per method and seed: the anytime curve (best val_acc vs epochs consumed). Reported: median + IQR
@@ -14,7 +14,8 @@ Seeds 0-19 are for choosing defaults (--seed-set tuning); reported numbers come 
 
 Usage:
   python bench/search_quality.py                                  # all methods, seeds 20-39
-  python bench/search_quality.py --seed-set tuning --methods default,ours
+  python bench/search_quality.py --seed-set tuning --methods random+fifo,default,tpe+asha-g3
+  python bench/search_quality.py --resume     # after an interruption: methods already saved are kept
   python bench/search_quality.py --curves /tmp/smoke.parquet --surrogate /tmp/smoke.json \\
       --seeds 2 --methods random+fifo,default --budget-trials 4 --out /tmp/sq.json   # a smoke run
 """
@@ -58,6 +59,18 @@ def load_surrogate(curves: Path, path: Path, log=print) -> Surrogate:
             return model
         log(f"{path} was fitted to another recording: refitting")
     return fit_and_save(curves, path, log=log)
+
+
+def kept_results(out: Path, conditions: dict) -> dict[str, list[dict]]:
+    """Per-seed rows of the methods an earlier run under the same conditions already saved in ``out``."""
+    if not out.exists():
+        return {}
+    earlier = json.loads(out.read_text())
+    if earlier.get("conditions") != conditions:
+        print(f"{out} was made under other conditions: nothing kept", flush=True)
+        return {}
+    return {name: row["per_seed"] for name, row in earlier.get("methods", {}).items()
+            if name in METHODS and len(row.get("per_seed", [])) == len(conditions["seeds"])}
 
 
 def check_space(raw_spec: dict, metadata: dict, spec_path: Path) -> None:
@@ -203,7 +216,11 @@ def parse_args(argv):
     parser.add_argument("--concurrency", type=int, default=4, help="trials at once (2-8)")
     parser.add_argument("--epoch-sleep-s", type=float, default=0.05,
                         help="a mean recorded epoch sleeps this long (sets the time factor)")
+    parser.add_argument("--priors", choices=("none", "all"), default="none",
+                        help="every method starts from the spec's points_to_evaluate (all) or none does")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods --out already holds from a run under the same conditions")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--overhead-samplers", default="tpe,gp,random")
     parser.add_argument("--overhead-finished", type=int, default=500)
@@ -227,43 +244,64 @@ def main(argv: Optional[list[str]] = None) -> int:
     seeds = list(SEED_SETS[args.seed_set])[: args.seeds]
     budget = int(round(args.budget_trials * model.epochs))
     time_factor = args.epoch_sleep_s / max(model.mean_seconds, 1e-9)
+    out = Path(args.out)
+    command = shlex.join(["python", "bench/search_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    conditions = {  # what a kept result must share with this run to be reused by --resume
+        "seeds": seeds, "budget_epochs": budget, "concurrency": args.concurrency,
+        "time_factor": round(time_factor, 6), "priors": args.priors,
+        "curves_sha256": file_sha256(curves_path), "surrogate_sha256": file_sha256(surrogate_path),
+    }
+    kept = kept_results(out, conditions) if args.resume else {}
     start_ray(args.concurrency)
+
+    def save(per_method: dict, overhead: Optional[dict]) -> dict:
+        target, table = summarise(per_method, budget)
+        default_epochs = table.get(DEFAULT_METHOD, {}).get("epochs_to_target")
+        baseline_epochs = table.get(BASELINE_METHOD, {}).get("epochs_to_target")
+        result = {
+            "command": command,
+            "seeds": seeds, "seed_set": args.seed_set,
+            "default": DEFAULT_METHOD, "baseline": BASELINE_METHOD,
+            "speedup_vs_random": speedup(baseline_epochs, default_epochs),
+            "target": target, "budget_epochs": budget, "epochs_per_trial": model.epochs,
+            "concurrency": args.concurrency, "time_factor": time_factor, "priors": args.priors,
+            "conditions": conditions,
+            "files": {"curves": {"path": _shown(curves_path), "sha256": conditions["curves_sha256"]},
+                      "surrogate": {"path": _shown(surrogate_path), "sha256": conditions["surrogate_sha256"]}},
+            "space_sha256": metadata["space_sha256"], "recording": {k: metadata.get(k) for k in
+                                                                   ("settings", "configs_recorded", "complete")},
+            "surrogate_validation": model.state.get("validation"),
+            "sampler_overhead": overhead,
+            "methods": table,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".part")
+        partial.write_text(json.dumps(result, indent=1))
+        partial.replace(out)  # a killed run leaves the last complete file, never half of one
+        return result
+
     with tempfile.TemporaryDirectory(prefix="tuner-sq-") as scratch:
         bench = Bench(model, {**raw_spec, "space": metadata["space"]}, budget, args.concurrency, time_factor,
-                      Path(scratch))
+                      Path(scratch), priors=args.priors == "all")
         per_method = {}
         for name in methods:
-            print(f"{name}: {METHODS[name].summary}", flush=True)
-            per_method[name] = run_method(name, bench, seeds, log=lambda m: print(m, flush=True))
-        target, table = summarise(per_method, budget)
+            if name in kept:
+                print(f"{name}: kept from {out} ({len(kept[name])} seeds)", flush=True)
+                per_method[name] = kept[name]
+            else:
+                print(f"{name}: {METHODS[name].summary}", flush=True)
+                per_method[name] = run_method(name, bench, seeds, log=lambda m: print(m, flush=True))
+            save(per_method, None)  # after every method: a long run can be resumed (--resume)
         overhead = None
         if not args.skip_overhead:
             overhead = sampler_overhead(bench, samplers=args.overhead_samplers.split(","),
                                         finished=args.overhead_finished, samples=args.overhead_samples,
                                         work=Path(scratch))
-    default_epochs = table.get(DEFAULT_METHOD, {}).get("epochs_to_target")
-    baseline_epochs = table.get(BASELINE_METHOD, {}).get("epochs_to_target")
-    out = Path(args.out)
-    command = shlex.join(["python", "bench/search_quality.py", *(sys.argv[1:] if argv is None else argv)])
-    result = {
-        "command": command,
-        "seeds": seeds, "seed_set": args.seed_set,
-        "default": DEFAULT_METHOD, "baseline": BASELINE_METHOD,
-        "speedup_vs_random": speedup(baseline_epochs, default_epochs),
-        "target": target, "budget_epochs": budget, "epochs_per_trial": model.epochs,
-        "concurrency": args.concurrency, "time_factor": time_factor,
-        "files": {"curves": {"path": _shown(curves_path), "sha256": file_sha256(curves_path)},
-                  "surrogate": {"path": _shown(surrogate_path), "sha256": file_sha256(surrogate_path)}},
-        "space_sha256": metadata["space_sha256"], "recording": {k: metadata.get(k) for k in
-                                                               ("settings", "configs_recorded", "complete")},
-        "surrogate_validation": model.state.get("validation"),
-        "sampler_overhead": overhead,
-        "methods": table,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    result = save(per_method, overhead)
+    table, target = result["methods"], result["target"]
     plot(table, target, out.with_suffix(".png"),
-         f"{len(seeds)} seeds ({args.seed_set}), {args.concurrency} at once, budget {budget} epochs")
+         f"{len(seeds)} seeds ({args.seed_set}), {args.concurrency} at once, budget {budget} epochs, "
+         f"priors: {args.priors}")
     print_table(table, target, budget)
     if overhead:
         print("sampler overhead, one suggestion with", args.overhead_finished, "finished trials:", overhead)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench.curves.replay import DIVERGED, make_replay_trainable, read_events, replay_epochs
+from bench.curves.replay import DIVERGED, budget_stopper, make_replay_trainable, read_events, replay_epochs
 from bench.curves.surrogate import Surrogate
 
 SAMPLES_MARGIN = 1.3  # num_samples = margin x budget / expected epochs per trial (the rest never runs)
@@ -40,6 +40,7 @@ class Bench:
     concurrency: int  # trials at once (Ray methods)
     time_factor: float  # sleep = recorded seconds x this
     work: Path  # scratch folder; every run gets its own subfolder, removed afterwards
+    priors: bool = False  # every method starts from the spec's points_to_evaluate, or none does
 
     @property
     def epochs(self) -> int:
@@ -63,9 +64,9 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 # What the benchmark compares unless --methods says otherwise ("default": what a spec gets when it
-# names no sampler or scheduler; "ours": the candidate slot, today recipe.yaml's own settings).
+# names no sampler or scheduler, the winner of the candidates below on the tuning seeds).
 DEFAULT_METHODS = ("random+fifo", "random+asha", "journal", "default", "optuna-tpe+hyperband",
-                   "ray-optuna+asha", "gp+asha", "ours")
+                   "ray-optuna+asha", "gp+asha")
 DEFAULT_METHOD = "default"
 BASELINE_METHOD = "random+fifo"
 
@@ -89,12 +90,13 @@ def get_method(name: str) -> Method:
 
 def bench_spec(bench: Bench, seed: int, name: str, *, sampler: Optional[dict] = None,
                scheduler: Optional[dict] = None, space: Optional[dict] = None, fixed: Optional[dict] = None,
-               priors: bool = True, num_samples: Optional[int] = None):
+               priors: Optional[bool] = None, num_samples: Optional[int] = None):
     """The spec a method runs: the recorded spec with another sampler/scheduler/space.
 
     ``sampler``/``scheduler`` None: the keys are left out (the spec's defaults, as a user who
     omits them gets); the sampler's seed is always the benchmark seed. ``priors``: keep the spec's
-    points_to_evaluate. ``num_samples`` defaults to enough trials to spend the epoch budget.
+    points_to_evaluate (None: as ``bench.priors`` says, the same for every method).
+    ``num_samples`` defaults to enough trials to spend the epoch budget.
     """
     from tuner.spec import parse_spec
 
@@ -109,7 +111,7 @@ def bench_spec(bench: Bench, seed: int, name: str, *, sampler: Optional[dict] = 
     raw.pop("scheduler", None)
     if scheduler is not None:
         raw["scheduler"] = scheduler
-    if not priors:
+    if not (bench.priors if priors is None else priors):
         raw.pop("points_to_evaluate", None)
     raw["budget"] = {"num_samples": num_samples or 1, "max_concurrent": bench.concurrency, "max_failures": 0}
     raw["resources"] = {"cpu": 1, "gpu": 0}
@@ -166,10 +168,11 @@ def real_driver(bench: Bench, seed: int, spec, *, upstream: bool = False) -> Sea
                                       events_dir=folder / "events", epoch_budget=bench.budget_epochs)
     places = SearchPlaces(str(folder / "ray"), f"sqlite:///{folder / 'mlflow.db'}", folder / "mlruns",
                           folder / "state")
+    stop = budget_stopper(folder / "events", bench.budget_epochs)
     start = time.time()
     try:
-        results = (_upstream_search(spec, places, trainable) if upstream
-                   else run_search(spec, places, no_tracking(), trainable=trainable))
+        results = (_upstream_search(spec, places, trainable, stop) if upstream
+                   else run_search(spec, places, no_tracking(), trainable=trainable, stop=stop))
         wall = time.time() - start
         events = read_events(folder / "events")
         return SearchRun(_relative(events, start), wall, len(results),
@@ -178,7 +181,7 @@ def real_driver(bench: Bench, seed: int, spec, *, upstream: bool = False) -> Sea
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _upstream_search(spec, places, trainable):
+def _upstream_search(spec, places, trainable, stop):
     """Ray's OptunaSearch as a plain Ray user wires it, with our sampler, scheduler and points."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -193,7 +196,8 @@ def _upstream_search(spec, places, trainable):
     searcher = OptunaSearch(
         space=define_by_run(spec.space), metric=spec.metric, mode=spec.mode,
         sampler=build_sampler(spec.sampler.name, space=spec.space, seed=spec.sampler.seed,
-                              options=spec.sampler.options, max_concurrent=spec.budget.max_concurrent),
+                              options=spec.sampler.options, max_concurrent=spec.budget.max_concurrent,
+                              num_samples=spec.budget.num_samples),
         points_to_evaluate=list(spec.points_to_evaluate) or None,
     )
     return tune.Tuner(
@@ -204,7 +208,7 @@ def _upstream_search(spec, places, trainable):
             scheduler=build_scheduler(spec.scheduler.name, metric=spec.metric, mode=spec.mode,
                                       epochs=spec.epochs, options=spec.scheduler.options),
             num_samples=spec.budget.num_samples, reuse_actors=True),
-        run_config=tune.RunConfig(name=spec.name, storage_path=places.storage_path, verbose=0),
+        run_config=tune.RunConfig(name=spec.name, storage_path=places.storage_path, stop=stop, verbose=0),
     ).fit()
 
 
@@ -243,13 +247,13 @@ def journal_lr_grid(raw_space: dict, lr_name: str = "lr") -> list[float]:
 @method("random+fifo", "Optuna's random sampler, every trial to the end (the baseline)")
 def _random_fifo(bench: Bench, seed: int) -> SearchRun:
     return real_driver(bench, seed, bench_spec(bench, seed, "random+fifo", sampler={"name": "random"},
-                                               scheduler={"name": "fifo"}, priors=False))
+                                               scheduler={"name": "fifo"}))
 
 
 @method("random+asha", "Optuna's random sampler + ASHA (its default options)")
 def _random_asha(bench: Bench, seed: int) -> SearchRun:
     return real_driver(bench, seed, bench_spec(bench, seed, "random+asha", sampler={"name": "random"},
-                                               scheduler={"name": "asha"}, priors=False))
+                                               scheduler={"name": "asha"}))
 
 
 @method("journal", "The journal's grid: lr 2^0..2^-12 (inside the range) on a plain sgd recipe, FIFO")
@@ -264,18 +268,6 @@ def _journal(bench: Bench, seed: int) -> SearchRun:
 @method("default", "Today's default: what a spec gets when it names no sampler or scheduler (TPE + ASHA)")
 def _default(bench: Bench, seed: int) -> SearchRun:
     return real_driver(bench, seed, bench_spec(bench, seed, "default"))
-
-
-@method("default-nopriors", "Today's default without the spec's points_to_evaluate")
-def _default_nopriors(bench: Bench, seed: int) -> SearchRun:
-    return real_driver(bench, seed, bench_spec(bench, seed, "default-nopriors", priors=False))
-
-
-@method("ours", "The candidate slot: today the spec's own sampler and scheduler settings")
-def _ours(bench: Bench, seed: int) -> SearchRun:
-    raw = bench.raw_spec
-    return real_driver(bench, seed, bench_spec(bench, seed, "ours", sampler=raw.get("sampler"),
-                                               scheduler=raw.get("scheduler")))
 
 
 @method("ray-optuna+asha", "Ray's own OptunaSearch (stopped trials told COMPLETE) + ASHA, default's settings")
@@ -296,10 +288,12 @@ def _optuna_hyperband(bench: Bench, seed: int) -> SearchRun:
 
     from tuner.search.space import define_by_run
 
-    spec = bench_spec(bench, seed, "optuna-tpe+hyperband", priors=False)
+    spec = bench_spec(bench, seed, "optuna-tpe+hyperband")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=bench.epochs,
                                                                       reduction_factor=3))
+    for point in spec.points_to_evaluate:  # only when the benchmark gives every method the priors
+        study.enqueue_trial(dict(point))
     space = define_by_run(spec.space)
     events: list[dict] = []
     clock, start, trials = 0.0, time.time(), 0
@@ -324,6 +318,25 @@ def _optuna_hyperband(bench: Bench, seed: int) -> SearchRun:
                 break
         study.tell(trial, value, state=state)
     return SearchRun(events, time.time() - start, trials, {"clock": "simulated (one process)"})
+
+
+# --- candidates for the default (chosen on the tuning seeds, bench/curves/README.md) --------------
+
+def _candidate(name: str, summary: str, sampler: Optional[dict], scheduler: Optional[dict]) -> None:
+    method(name, summary)(lambda bench, seed: real_driver(
+        bench, seed, bench_spec(bench, seed, name, sampler=sampler, scheduler=scheduler)))
+
+
+for _grace in (2, 3):
+    _candidate(f"tpe+asha-g{_grace}", f"TPE + ASHA grace {_grace}, rf 3",
+               None, {"name": "asha", "grace_period": _grace, "reduction_factor": 3})
+_candidate("tpe+asha-rf4", "TPE + ASHA grace 1, rf 4", None, {"name": "asha", "reduction_factor": 4})
+_candidate("tpe5+asha", "TPE with 5 random start-ups + ASHA (grace 1, rf 3)",
+           {"name": "tpe", "options": {"n_startup_trials": 5}}, None)
+_candidate("tpe-nolie+asha", "TPE without the constant liar + ASHA (grace 1, rf 3)",
+           {"name": "tpe", "options": {"constant_liar": False}}, None)
+_candidate("tpe-indep+asha", "univariate TPE (Optuna's default) + ASHA (grace 1, rf 3)",
+           {"name": "tpe", "options": {"multivariate": False}}, None)
 
 
 def register_gp_sampler() -> None:

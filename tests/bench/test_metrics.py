@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -60,3 +61,18 @@ def test_the_journal_grid_inside_the_recipe_space():
              "aug.min_scale": {"choice": [0.25, 0.5], "when": {"augmentation": ["rrc"]}}}
     assert journal_lr_grid(space) == [2.0 ** -k for k in range(2, 10)]
     assert journal_plain_values(space) == {"optimizer": "sgd", "weight_decay": 0.0005, "augmentation": "light"}
+
+
+def test_resume_keeps_only_finished_methods_of_a_run_under_the_same_conditions(tmp_path):
+    from bench.search_quality import kept_results
+
+    conditions = {"seeds": [0, 1], "budget_epochs": 30, "priors": "none", "curves_sha256": "abc"}
+    rows = [{"seed": 0, "curve": [0.1]}, {"seed": 1, "curve": [0.2]}]
+    saved = {"conditions": conditions, "methods": {"random+fifo": {"per_seed": rows},
+                                                   "default": {"per_seed": rows[:1]},  # cut short
+                                                   "no-such-method": {"per_seed": rows}}}
+    out = tmp_path / "sq.json"
+    assert kept_results(out, conditions) == {}  # nothing saved yet
+    out.write_text(json.dumps(saved))
+    assert kept_results(out, conditions) == {"random+fifo": rows}
+    assert kept_results(out, {**conditions, "curves_sha256": "another recording"}) == {}
