@@ -9,7 +9,6 @@ no global backend is switched in the process that imports us).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
 
+from trainables import csvsafe
 from trainables.data import load_rgb_image
 from trainables.engine import EvalStats
 
@@ -39,14 +39,14 @@ def write_tables(directory: Path, *, config: dict, summary: dict, class_names: S
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
     confusion = stats.confusion.tolist()
     with open(out / "per_class.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csvsafe.writer(handle)  # class names are folder names: untrusted
         writer.writerow(["class", "index", "images", "correct", "accuracy"])
         for index, name in enumerate(class_names):
             images, correct = sum(confusion[index]), confusion[index][index]
             accuracy = f"{correct / images:.6f}" if images else ""
             writer.writerow([name, index, images, correct, accuracy])
     with open(out / "confusion.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csvsafe.writer(handle)  # class names are folder names: untrusted
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, confusion):
             writer.writerow([name, *row])

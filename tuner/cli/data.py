@@ -19,14 +19,15 @@ from tuner.datasets.download import DownloadInProgressError, download_images
 from tuner.datasets.split import split_validation
 from tuner.datasets.stats import channel_stats, default_stats_path, save_stats
 from tuner.errors import UserError
+from tuner.terminal import echo  # names come from the data: control characters escaped
 
 __all__ = ["register"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     counts = unpack_demo_data(args.out)
-    print(f"sample data in {args.out}: {counts['train']} train, {counts['val']} val, "
-          f"{counts['test']} test images, answer key test_labels.csv")
+    echo(f"sample data in {args.out}: {counts['train']} train, {counts['val']} val, "
+         f"{counts['test']} test images, answer key test_labels.csv")
     return 0
 
 
@@ -47,19 +48,19 @@ def cmd_download(args: argparse.Namespace) -> int:
     with _user_errors():
         index = load_competition_json(args.json)
         for warning in index.warnings:
-            print(f"tuner: warning: {warning}", file=sys.stderr)
+            echo(f"tuner: warning: {warning}", file=sys.stderr)
         summary = download_images(
             index, out_dir=args.out, workers=args.workers, timeout_s=args.timeout,
             retries=args.retries, max_side=args.max_side, max_bytes=args.max_bytes,
             rewrite_host=args.rewrite_host, allow_loopback=args.allow_loopback,
             allow_private=args.allow_private, progress=not args.quiet,
         )
-    print(f"downloaded {summary.downloaded} of {summary.requested} images into {args.out} "
-          f"({summary.skipped_existing} already there, {summary.skipped_in_json} without a usable "
-          f"URL in {Path(args.json).name})")
+    echo(f"downloaded {summary.downloaded} of {summary.requested} images into {args.out} "
+         f"({summary.skipped_existing} already there, {summary.skipped_in_json} without a usable "
+         f"URL in {Path(args.json).name})")
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.failed.items()))
-    print(f"failed: {summary.failed_total}" + (f" ({reasons})" if reasons else ""))
-    print(f"failures CSV: {summary.failures_csv}")
+    echo(f"failed: {summary.failed_total}" + (f" ({reasons})" if reasons else ""))
+    echo(f"failures CSV: {summary.failures_csv}")
     return 0
 
 
@@ -73,9 +74,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         path = save_stats(stats, args.out or default_stats_path(train))
     mean = " ".join(f"{v:.4f}" for v in stats["mean"])
     std = " ".join(f"{v:.4f}" for v in stats["std"])
-    print(f"mean {mean}  std {std}  (RGB in [0, 1]; {stats['count']} images of {train}, "
-          f"{stats['skipped']} unreadable)")
-    print(f"wrote {path}")
+    echo(f"mean {mean}  std {std}  (RGB in [0, 1]; {stats['count']} images of {train}, "
+         f"{stats['skipped']} unreadable)")
+    echo(f"wrote {path}")
     return 0
 
 
@@ -88,14 +89,14 @@ def cmd_split(args: argparse.Namespace) -> int:
     with _user_errors():
         result = split_validation(src, val_fraction=args.val_fraction, seed=args.seed,
                                   out_train=out_train, out_val=out_val, mode=args.mode)
-    print(f"split {src}: {sum(result.train.values())} train, {sum(result.val.values())} val images "
-          f"over {len(result.train)} classes (val fraction {args.val_fraction}, seed {args.seed}, "
-          f"{args.mode})")
-    print(f"train: {out_train}")
-    print(f"val:   {out_val}")
+    echo(f"split {src}: {sum(result.train.values())} train, {sum(result.val.values())} val images "
+         f"over {len(result.train)} classes (val fraction {args.val_fraction}, seed {args.seed}, "
+         f"{args.mode})")
+    echo(f"train: {out_train}")
+    echo(f"val:   {out_val}")
     if result.train_only:
-        print(f"classes with one image, in train only: {', '.join(result.train_only[:20])}")
-    print(f"manifest: {result.manifest}")
+        echo(f"classes with one image, in train only: {', '.join(result.train_only[:20])}")
+    echo(f"manifest: {result.manifest}")
     return 0
 
 
@@ -113,10 +114,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
             how = f"built in {result.seconds:.1f} s, resuming after {result.resumed} images"
         else:
             how = f"built in {result.seconds:.1f} s"
-        print(f"cache {result.split} at {result.size} px: {result.images} images "
-              f"({result.unreadable} unreadable), {result.nbytes / 2**20:.1f} MiB, {how}")
-        print(f"  pixels {result.pixels}")
-        print(f"  manifest {result.manifest}")
+        echo(f"cache {result.split} at {result.size} px: {result.images} images "
+             f"({result.unreadable} unreadable), {result.nbytes / 2**20:.1f} MiB, {how}")
+        echo(f"  pixels {result.pixels}")
+        echo(f"  manifest {result.manifest}")
     return 0
 
 

@@ -13,6 +13,7 @@ from tuner.cli.args import parse_assignments
 from tuner.diagnose.tracking import log_diagnostic
 from tuner.places import resolve_tracking_uri
 from tuner.redact import redact
+from tuner.terminal import echo  # paths and class names: control characters escaped
 
 CONFIG_HELP = "a trial-config YAML or a search spec (its fixed values and first/middle searched ones)"
 
@@ -103,7 +104,7 @@ def _track(args, record) -> None:
         return
     uri = resolve_tracking_uri(args.tracking_uri)
     run_id = log_diagnostic(uri, record)
-    print(f"logged MLflow run {run_id} in experiment 'diagnostics' ({redact(uri)})")
+    echo(f"logged MLflow run {run_id} in experiment 'diagnostics' ({redact(uri)})")
 
 
 def cmd_batch_size(args) -> int:
@@ -111,8 +112,8 @@ def cmd_batch_size(args) -> int:
 
     def progress(result) -> None:
         label = result.arch + (f" w{result.width:g}" if result.width != 1.0 else "")
-        print(f"  {label}: {result.max_batch_size} ({len(result.probes)} probes, {result.seconds:.1f} s)",
-              flush=True)
+        echo(f"  {label}: {result.max_batch_size} ({len(result.probes)} probes, {result.seconds:.1f} s)",
+             flush=True)
 
     report = probe.diagnose_batch_size(
         args.config, overrides=_overrides(args), archs=args.arch, widths=args.width,
@@ -120,8 +121,8 @@ def cmd_batch_size(args) -> int:
         measure=args.measure, num_classes=args.num_classes, max_batch=args.max_batch,
         out=Path(args.out) if args.out else None, progress=progress,
     )
-    print(probe.render_table(report.document), end="")
-    print(f"wrote {report.out} (a spec beside it can say batch_size: {{choice: auto}})")
+    print(probe.render_table(report.document), end="")  # rich's table of registry names: as drawn
+    echo(f"wrote {report.out} (a spec beside it can say batch_size: {{choice: auto}})")
     _track(args, probe.tracking_record(report, args.config))
     return 0
 
@@ -134,10 +135,10 @@ def cmd_lr_range(args) -> int:
         min_lr=args.min_lr, max_lr=args.max_lr, method=args.method, start_lr=args.start_lr,
         halving_epochs=args.halving_epochs, converge_at=args.converge_at, out_dir=Path(args.out_dir),
     )
-    print(lr_range.render(report), end="")
+    echo(lr_range.render(report), end="")
     if args.write_spec:
         low, high = lr_range.spec_bounds(report)
-        print(f"wrote {lr_range.write_spec_lr(args.write_spec, low, high)} into {args.write_spec}")
+        echo(f"wrote {lr_range.write_spec_lr(args.write_spec, low, high)} into {args.write_spec}")
     _track(args, lr_range.tracking_record(report, args.config))
     return 0
 
@@ -150,7 +151,7 @@ def cmd_overfit(args) -> int:
         target_accuracy=args.target_acc, keep_augmentation=args.augment,
         probe_lr=not args.no_lr_probe, out_dir=Path(args.out_dir),
     )
-    print(overfit.render(result), end="")
+    echo(overfit.render(result), end="")
     _track(args, overfit.tracking_record(result, args.config))
     return 0
 
@@ -164,7 +165,7 @@ def cmd_preview_augment(args) -> int:
         image_size=args.image_size, tile=args.tile, seed=args.seed, out=args.out,
     )
     width, height = result.size
-    print(f"wrote {result.out}: {len(result.labels)} images x {args.draws} draws of {args.preset} "
-          f"({width}x{height} px); rows: {', '.join(result.labels)}")
+    echo(f"wrote {result.out}: {len(result.labels)} images x {args.draws} draws of {args.preset} "
+         f"({width}x{height} px); rows: {', '.join(result.labels)}")
     _track(args, preview.tracking_record(result, data_dir=args.dir, preset=args.preset, params=params))
     return 0

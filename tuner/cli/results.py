@@ -7,6 +7,7 @@ from pathlib import Path
 from tuner.cli.args import add_tracking
 from tuner.lastmile.score import score_submission
 from tuner.places import resolve_tracking_uri
+from tuner.terminal import echo  # file names and ids: control characters escaped
 
 
 def cmd_leaderboard(args) -> int:
@@ -14,6 +15,8 @@ def cmd_leaderboard(args) -> int:
     from tuner.tracking.leaderboard import load_board, render  # mlflow: the result commands only
 
     board = load_board(open_client(resolve_tracking_uri(args.tracking_uri)), args.name, top=args.top)
+    # As rendered: the table escapes its cells itself; csv and json are data for scripts, kept as
+    # written (csv cells formula-escaped, json escapes control characters; csv's \r\n line ends stay).
     print(render(board, args.format), end="")
     return 0
 
@@ -26,8 +29,8 @@ def cmd_promote(args) -> int:
                      alias=args.alias, model_name=args.model_name)
     value = "-" if result.value is None else f"{result.value:.4f}"
     moved = f" (moved from version {result.previous_version})" if result.previous_version else ""
-    print(f"promoted trial {result.trial} ({result.metric}={value}) as {result.model_name} "
-          f"version {result.version}; alias @{result.alias}{moved}: {result.uri}")
+    echo(f"promoted trial {result.trial} ({result.metric}={value}) as {result.model_name} "
+         f"version {result.version}; alias @{result.alias}{moved}: {result.uri}")
     return 0
 
 
@@ -37,10 +40,10 @@ def cmd_predict(args) -> int:
     report = predict(args.model_uri, Path(args.images), Path(args.out),
                      tracking_uri=resolve_tracking_uri(args.tracking_uri), tta=args.tta,
                      batch_size=args.batch_size, progress=not args.quiet)
-    print(f"wrote {report.written} rows to {report.out}")
+    echo(f"wrote {report.written} rows to {report.out}")
     if report.skipped:
         shown = ", ".join(report.skipped[:50]) + (" …" if len(report.skipped) > 50 else "")
-        print(f"skipped {len(report.skipped)} file(s) that are no readable image: ids {shown}")
+        echo(f"skipped {len(report.skipped)} file(s) that are no readable image: ids {shown}")
     return 0
 
 
@@ -52,8 +55,8 @@ def cmd_ui(args) -> int:
 
 def cmd_score(args) -> int:
     accuracy, rows = score_submission(args.submission, args.key)
-    print(f"submission {args.submission}: {rows} rows, top-1 accuracy {accuracy:.4f} "
-          f"(error {1 - accuracy:.4f})")
+    echo(f"submission {args.submission}: {rows} rows, top-1 accuracy {accuracy:.4f} "
+         f"(error {1 - accuracy:.4f})")
     return 0
 
 

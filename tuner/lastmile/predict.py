@@ -9,7 +9,6 @@ temporary name and renamed, so a failed run never leaves half a submission.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import tempfile
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from tuner.errors import UserError
 from tuner.tracking.store import open_client
+from trainables import csvsafe
 from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError
 from trainables.data import load_rgb_image
 from trainables.inference import Classifier, load_classifier
@@ -63,9 +63,12 @@ def resolve_checkpoint(model_uri: str, tracking_uri: Optional[str]) -> Path:
 
 
 def _id_order(item: tuple[str, Path]) -> tuple:
-    # Numeric ids sort numerically (Kaggle's order), other names alphabetically after them.
+    # Numeric ids sort numerically (Kaggle's order), other names alphabetically after them. Numeric
+    # means ASCII digits: str.isdigit() also accepts "²" (which int() refuses: `².jpg` crashed the
+    # sort) and "٣" (which int() reads as 3: an id Kaggle would not); those sort as names.
     image_id = item[0]
-    return (not image_id.isdigit(), int(image_id) if image_id.isdigit() else 0, image_id)
+    numeric = image_id.isascii() and image_id.isdigit()
+    return (not numeric, int(image_id) if numeric else 0, image_id)
 
 
 def list_test_images(images_dir: Path) -> list[tuple[str, Path]]:
@@ -135,7 +138,10 @@ def write_csv_atomically(out: Path, rows: list[tuple[str, str]]) -> None:
                                          suffix=".part", delete=False)
     try:
         with handle:
-            writer = csv.writer(handle)
+            # Ids and classes come from file and folder names. The competition's are integers (digits:
+            # never escaped, so the submission stays machine-readable); a name a spreadsheet would
+            # run as a formula gets a leading ' (and `tuner score` reads it back without it).
+            writer = csvsafe.writer(handle)
             writer.writerow(["id", "predicted"])
             writer.writerows(rows)
         os.replace(handle.name, out)

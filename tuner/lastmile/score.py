@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from trainables import csvsafe
 from tuner.errors import UserError
 
 
@@ -16,5 +17,6 @@ def score_submission(submission: str | Path, answer_key: str | Path) -> tuple[fl
         rows = list(csv.DictReader(handle))
     if not rows or set(rows[0]) != {"id", "predicted"}:
         raise UserError(f"{submission}: expected the columns id,predicted")
-    hits = sum(truth.get(row["id"]) == row["predicted"] for row in rows)
+    # `tuner predict` escapes a name that would run as a formula ('=x); the key holds the name itself.
+    hits = sum(truth.get(csvsafe.unescape(row["id"])) == csvsafe.unescape(row["predicted"]) for row in rows)
     return hits / max(len(truth), 1), len(rows)

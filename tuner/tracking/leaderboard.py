@@ -7,7 +7,6 @@ params are the ones the search sampled (the parent run's ``space.*`` params).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -17,9 +16,12 @@ from mlflow.tracking import MlflowClient
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from trainables import csvsafe
 from tuner.errors import UserError
 from tuner.redact import redact
+from tuner.terminal import printable
 from tuner.tracking.store import tracking_errors
 from tuner.tracking.tags import KIND_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG
 
@@ -124,7 +126,7 @@ def render(board: Board, fmt: str = "table") -> str:
         return json.dumps([asdict(e) for e in board.entries], indent=1) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csvsafe.writer(buffer)  # run names and params are anyone's text: no formulas
         writer.writerow(["rank", "trial", "status", f"best_{board.metric}", "val_acc", "val_loss",
                          "epochs", *board.param_names, "run_id", "run_name"])
         for e in board.entries:
@@ -137,20 +139,27 @@ def render(board: Board, fmt: str = "table") -> str:
 
 
 def _rich_table(board: Board) -> str:
-    table = Table(title=f"search {board.search}: ranked by best {board.metric} ({board.mode})")
+    table = Table(title=_text(f"search {board.search}: ranked by best {board.metric} ({board.mode})"))
     numeric = {"#", "epochs", f"best {board.metric}", "last val_acc", "last val_loss"}
     columns = ("#", "trial", "status", f"best {board.metric}", "last val_acc", "last val_loss", "epochs",
                *board.param_names)
     for column in columns:
-        table.add_column(column, justify="right" if column in numeric else "left")
+        table.add_column(_text(column), justify="right" if column in numeric else "left")
     for e in board.entries:
-        table.add_row(str(e.rank), e.trial, e.status, _fmt(e.best), _fmt(e.val_acc), _fmt(e.val_loss),
-                      str(e.epochs), *(e.params.get(k, "") for k in board.param_names))
+        cells = (str(e.rank), e.trial, e.status, _fmt(e.best), _fmt(e.val_acc), _fmt(e.val_loss),
+                 str(e.epochs), *(e.params.get(k, "") for k in board.param_names))
+        table.add_row(*map(_text, cells))
     if not board.entries:
         table.caption = "no trial has started yet"
     console = Console(width=180, record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
+
+
+def _text(value: str) -> Text:
+    """A cell as plain text: no rich markup ("[/]" in a run name would raise, "[link=…]" would link),
+    control characters escaped before rich measures the column."""
+    return Text(printable(value))
 
 
 def _short(text: str) -> str:
@@ -166,5 +175,5 @@ def _fmt(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _csv(value: Optional[float]) -> str:
-    return "" if value is None else repr(value)
+def _csv(value: Optional[float]) -> float | str:
+    return "" if value is None else value  # a float: csv writes its repr, and a number is never escaped
