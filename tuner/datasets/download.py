@@ -15,25 +15,25 @@ Guarantees:
   removed at start-up.
 * Every image is decoded with Pillow (decompression-bomb guard on),
   EXIF-transposed, converted to RGB, optionally shrunk and re-encoded as
-  JPEG, so consumers never see HTML, CMYK, palette or truncated files.
+  JPEG, so consumers never see HTML, CMYK, palette or truncated files
+  (:mod:`tuner.datasets.image_normalize`).
 * One bad item never stops the run: every per-item exception becomes a row
   in ``download_failures.csv`` and a count in :class:`DownloadSummary`.
 * Failure reasons (``reason`` column and ``DownloadSummary.failed`` keys):
-  network ones from :class:`tuner.datasets.netguard.FetchError` (``blocked``,
+  network ones from :class:`tuner.datasets.fetch.FetchError` (``blocked``,
   ``dns_error``, ``connection_error``, ``timeout``, ``truncated``,
-  ``too_large``, ``redirect_error``, ``http_<status>``, ``tls_error``,
-  ``bad_url``) and image ones: ``not_an_image``, ``decompression_bomb``,
-  ``truncated`` (decodes only partly), ``corrupt_image``, ``write_error``,
-  ``internal_error`` (a bug; the row's detail names the exception).
-* Redirects are followed by the fetcher, not by urllib3, so that each hop passes
-  :func:`tuner.datasets.netguard.check_url`.
+  ``too_large``, ``content_encoding``, ``redirect_error``, ``http_<status>``,
+  ``tls_error``, ``bad_url``) and image ones: ``not_an_image``,
+  ``decompression_bomb``, ``truncated`` (decodes only partly),
+  ``corrupt_image``, ``write_error``, ``internal_error`` (a bug; the row's
+  detail names the exception).
+* Fetching (:mod:`tuner.datasets.fetch`): each redirect hop passes the SSRF
+  guard, one deadline bounds a whole attempt, encoded bodies are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import time
 from collections import Counter
@@ -44,23 +44,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from tuner.datasets.competition import CompetitionIndex, Item
-from tuner.datasets.netguard import FetchError, FetchPolicy, GuardedFetcher
+from tuner.datasets.fetch import FetchError, FetchPolicy, GuardedFetcher
+from tuner.datasets.image_normalize import save_image
+from trainables import csvsafe
 
 __all__ = ["DownloadInProgressError", "DownloadSummary", "download_images", "item_path"]
 
 FAILURES_CSV = "download_failures.csv"
 LOCK_FILE = ".download.lock"
-JPEG_QUALITY = 90
-# Pillow's own default for Image.MAX_IMAGE_PIXELS; used if someone set it to None.
-DEFAULT_MAX_PIXELS = 89_478_485
-# Web photo formats only: Pillow can also parse EPS (through Ghostscript),
-# PSD, FITS and dozens more, none of which a product photo needs, all of
-# which widen the attack surface for untrusted bytes.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
 
 class DownloadInProgressError(RuntimeError):
@@ -123,6 +117,7 @@ def download_images(
     out_dir: str | os.PathLike[str],
     workers: int = 8,
     timeout_s: float = 10.0,
+    deadline_s: float | None = None,
     retries: int = 3,
     backoff_s: float = 0.5,
     max_bytes: int = 30 * 2**20,
@@ -139,13 +134,15 @@ def download_images(
         index: validated competition data (:func:`load_competition_json`).
         out_dir: destination root; created if missing.
         workers: concurrent download threads (one shared connection pool).
-        timeout_s: connect timeout and per-read idle timeout, in seconds; a
-            whole response must also arrive within
-            ``netguard.TOTAL_TIMEOUT_FACTOR`` x this.
+        timeout_s: connect timeout and per-read idle timeout, in seconds.
+        deadline_s: seconds one attempt may take in all (connect, headers,
+            every redirect hop, body); default ``fetch.TOTAL_TIMEOUT_FACTOR``
+            (6) x ``timeout_s``. Each retry gets a fresh deadline.
         retries: extra attempts per URL after connection errors, timeouts,
             truncated bodies and 5xx/408/429 (never after 404 or a bad image).
         backoff_s: sleep before retry ``k`` (0-based) is ``backoff_s * 2**k``.
-        max_bytes: larger bodies are abandoned (reason ``too_large``).
+        max_bytes: larger bodies are abandoned (reason ``too_large``);
+            content-encoded (gzip...) bodies are refused (``content_encoding``).
         max_side: if set, images are shrunk so that ``max(w, h) <= max_side``.
         max_redirects: redirect hops followed per request.
         rewrite_host: ``"http://127.0.0.1:8000"`` replaces scheme, host and
@@ -159,6 +156,8 @@ def download_images(
         DownloadInProgressError: another run holds ``out_dir``'s lock.
     """
     _validate_args(workers, timeout_s, retries, backoff_s, max_bytes, max_side, max_redirects)
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"deadline_s must be > 0 or None, got {deadline_s}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = DownloadSummary(
@@ -172,6 +171,7 @@ def download_images(
         max_redirects=max_redirects,
         allow_loopback=allow_loopback,
         allow_private=allow_private,
+        deadline_s=None if deadline_s is None else float(deadline_s),
     )
     rewrite = _parse_rewrite(rewrite_host)
     with _exclusive_lock(out), GuardedFetcher(policy, maxsize=workers) as fetcher:
@@ -270,7 +270,7 @@ def _run_pool(
             desc="download",
         ) as bar,
     ):
-        writer = csv.writer(fh)
+        writer = csvsafe.writer(fh)  # urls and details come from the JSON and the servers
         writer.writerow(["image_id", "url", "reason", "detail"])
         fh.flush()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
@@ -318,7 +318,7 @@ def _download_one(item: Item, dest: Path, cfg: _Config) -> tuple[str, str, str] 
     for url in item.urls:
         try:
             data = _fetch_with_retries(_rewrite(url, cfg.rewrite), cfg)
-            _save_image(data, dest, cfg.max_side)
+            save_image(data, dest, cfg.max_side)
             return None
         except FetchError as exc:
             failures.append((url, exc))
@@ -350,72 +350,3 @@ def _fetch_with_retries(url: str, cfg: _Config) -> bytes:
                 raise
         time.sleep(cfg.backoff_s * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def _save_image(data: bytes, dest: Path, max_side: int | None) -> None:
-    """Decode, normalise and atomically write ``dest`` (via ``<name>.part``)."""
-    img = _decode(data, max_side)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with open(part, "wb") as fh:
-            img.save(fh, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(part, dest)
-    except BaseException as exc:
-        part.unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full, permissions...
-            raise FetchError("write_error", f"{dest}: {exc}") from exc
-        raise
-
-
-def _decode(data: bytes, max_side: int | None) -> Image.Image:
-    """Return an RGB image, or raise :class:`FetchError` with an image reason."""
-    try:
-        formats = _open_formats()
-        with Image.open(io.BytesIO(data), formats=formats) as probe:
-            _check_pixels(probe)
-            probe.verify()  # structural checks (PNG CRCs...) before a full decode
-        source = Image.open(io.BytesIO(data), formats=formats)
-        _check_pixels(source)
-        if max_side is not None:
-            source.draft("RGB", (max_side, max_side))  # JPEG: cheap DCT-domain downscale
-        source.load()
-        img = _to_rgb(ImageOps.exif_transpose(source))
-        if max_side is not None and max(img.size) > max_side:
-            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        return img
-    except FetchError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise FetchError("decompression_bomb", str(exc)) from exc
-    except UnidentifiedImageError as exc:
-        detail = f"Pillow cannot identify the data ({len(data)} bytes)"
-        raise FetchError("not_an_image", detail) from exc
-    except Exception as exc:  # Pillow raises many types on malformed data
-        text = f"{type(exc).__name__}: {exc}"
-        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt_image"
-        raise FetchError(reason, text) from exc
-
-
-def _open_formats() -> list[str]:
-    """ALLOWED_FORMATS that this Pillow build can open (AVIF is optional)."""
-    Image.init()
-    return [name for name in ALLOWED_FORMATS if name in Image.OPEN]
-
-
-def _check_pixels(img: Image.Image) -> None:
-    limit = Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
-    width, height = img.size
-    if width * height > limit:
-        raise FetchError("decompression_bomb", f"{width}x{height} exceeds {limit} pixels")
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB copy; transparent areas become white (product photos on white)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")

@@ -9,32 +9,25 @@ redirect hop, with :func:`check_url`, and connects through
 socket actually reached. The second check closes the DNS-rebinding window
 between resolving a name in :func:`check_url` and urllib3 resolving it again
 to connect: a blocked peer is disconnected before any request byte is sent.
-:class:`GuardedFetcher` combines both and follows redirects itself (urllib3's
-automatic redirects would skip the per-hop check).
+:class:`tuner.datasets.fetch.GuardedFetcher` combines both, follows redirects
+itself (urllib3's automatic redirects would skip the per-hop check) and adds
+the time and size limits of one fetch.
 """
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import socket
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import urllib3
-from urllib3 import exceptions as u3exc
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 __all__ = [
     "BlockedURL",
-    "FetchError",
-    "FetchPolicy",
-    "GuardedFetcher",
     "address_problem",
     "check_url",
     "guarded_pool_manager",
@@ -144,7 +137,11 @@ def check_url(
 
 
 def guarded_pool_manager(
-    *, allow_loopback: bool = False, allow_private: bool = False, **pool_kw: Any
+    *,
+    allow_loopback: bool = False,
+    allow_private: bool = False,
+    on_socket: Callable[[socket.socket], None] | None = None,
+    **pool_kw: Any,
 ) -> urllib3.PoolManager:
     """A ``urllib3.PoolManager`` whose sockets refuse blocked peers.
 
@@ -153,6 +150,11 @@ def guarded_pool_manager(
     socket (raising :class:`BlockedURL`) before TLS or any HTTP byte. Use it
     together with :func:`check_url` (which avoids even the handshake); it
     does not follow redirects by itself, callers pass ``redirect=False``.
+
+    ``on_socket``, if given, is called in the requesting thread with the
+    socket of every new connection (after the peer check, before TLS) and
+    with the socket of every connection about to send a request (new or
+    reused); the fetcher uses it to cut a connection off at its deadline.
     """
     policy = {"allow_loopback": allow_loopback, "allow_private": allow_private}
 
@@ -166,15 +168,28 @@ def guarded_pool_manager(
         if problem:
             sock.close()
             raise BlockedURL(f"refused connection to {self.host}: {problem}")
+        if on_socket is not None:
+            on_socket(sock)
         return sock
+
+    def request(self: HTTPConnection, base: type[HTTPConnection], *args: Any, **kw: Any) -> None:
+        if on_socket is not None and self.sock is not None:  # None: connects inside
+            on_socket(self.sock)
+        base.request(self, *args, **kw)
 
     class GuardedHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
             return new_conn(self, HTTPConnection)
 
+        def request(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+            request(self, HTTPConnection, *args, **kw)
+
     class GuardedHTTPSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
             return new_conn(self, HTTPSConnection)
+
+        def request(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+            request(self, HTTPSConnection, *args, **kw)
 
     class GuardedHTTPConnectionPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection
@@ -189,182 +204,3 @@ def guarded_pool_manager(
         "https": GuardedHTTPSConnectionPool,
     }
     return manager
-
-
-# --------------------------------------------------------------------------
-# Guarded fetch: one attempt, redirects followed and checked hop by hop.
-
-# A whole response must arrive within this many timeout_s: the read timeout
-# alone does not stop a server that drips one byte per second.
-TOTAL_TIMEOUT_FACTOR = 6
-_CHUNK = 64 * 1024
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_RETRY_STATUSES = frozenset({408, 425, 429})
-_HEADERS = {
-    "User-Agent": "tuner-dataset-downloader/1.0",
-    "Accept": "image/*",
-    "Accept-Encoding": "identity",
-}
-
-
-class FetchError(Exception):
-    """A failed attempt; ``reason`` is a stable token such as ``"timeout"``.
-
-    Reasons: ``blocked``, ``dns_error``, ``connection_error``, ``timeout``,
-    ``truncated``, ``too_large``, ``redirect_error``, ``http_<status>``,
-    ``tls_error``, ``bad_url`` (the downloader adds image reasons).
-    ``retryable`` says whether another attempt may succeed.
-    """
-
-    def __init__(self, reason: str, detail: str = "", *, retryable: bool = False) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """Limits for :class:`GuardedFetcher` (see ``download_images`` for meanings)."""
-
-    timeout_s: float = 10.0
-    max_bytes: int = 30 * 2**20
-    max_redirects: int = 5
-    allow_loopback: bool = False
-    allow_private: bool = False
-
-
-class GuardedFetcher:
-    """Thread-safe GET of whole bodies through a guarded connection pool."""
-
-    def __init__(self, policy: FetchPolicy, *, maxsize: int = 8) -> None:
-        self.policy = policy
-        self._http = guarded_pool_manager(
-            allow_loopback=policy.allow_loopback,
-            allow_private=policy.allow_private,
-            num_pools=max(10, maxsize),
-            maxsize=maxsize,
-            block=False,
-            retries=False,
-        )
-
-    def __enter__(self) -> GuardedFetcher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._http.clear()
-
-    def get(self, url: str) -> bytes:
-        """One attempt at ``url``; returns the body or raises :class:`FetchError`."""
-        policy = self.policy
-        deadline = time.monotonic() + policy.timeout_s * TOTAL_TIMEOUT_FACTOR
-        current = url
-        for _hop in range(policy.max_redirects + 1):
-            self._check(current)
-            resp = self._request(current)
-            released = False
-            try:
-                if resp.status in _REDIRECT_STATUSES:
-                    location = resp.headers.get("Location")
-                    if not location:
-                        raise FetchError("redirect_error", f"HTTP {resp.status} without Location")
-                    current = urljoin(current, location.strip())
-                    continue
-                if resp.status != 200:
-                    retry = resp.status >= 500 or resp.status in _RETRY_STATUSES
-                    raise FetchError(f"http_{resp.status}", f"HTTP {resp.status}", retryable=retry)
-                data = self._read_body(resp, deadline)
-                resp.release_conn()  # body fully read: keep-alive connection reusable
-                released = True
-                return data
-            finally:
-                if not released:
-                    # Drop the connection rather than drain an unread body of
-                    # unknown size (redirect, error page, aborted download).
-                    resp.close()
-        raise FetchError("redirect_error", f"more than {policy.max_redirects} redirects")
-
-    def _check(self, url: str) -> None:
-        try:
-            check_url(
-                url,
-                allow_loopback=self.policy.allow_loopback,
-                allow_private=self.policy.allow_private,
-            )
-        except BlockedURL as exc:
-            raise FetchError("blocked", f"{url}: {exc}") from exc
-        except socket.gaierror as exc:
-            # EAI_AGAIN is a temporary resolver failure; NXDOMAIN and co. are final.
-            retry = exc.errno == socket.EAI_AGAIN
-            host = urlsplit(url).hostname
-            raise FetchError("dns_error", f"{host}: {exc}", retryable=retry) from exc
-        except (OSError, UnicodeError) as exc:
-            raise FetchError("dns_error", f"{url}: {exc}") from exc
-
-    def _request(self, url: str) -> urllib3.BaseHTTPResponse:
-        timeout = self.policy.timeout_s
-        try:
-            return self._http.request(
-                "GET",
-                url,
-                headers=_HEADERS,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            )
-        except BlockedURL as exc:  # the peer check of guarded_pool_manager
-            raise FetchError("blocked", str(exc)) from exc
-        except Exception as exc:
-            raise _network_failure(exc) from exc
-
-    def _read_body(self, resp: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-        max_bytes = self.policy.max_bytes
-        length = resp.headers.get("Content-Length", "").strip()
-        if length.isdigit() and int(length) > max_bytes:
-            raise FetchError("too_large", f"Content-Length {int(length)} > max_bytes {max_bytes}")
-        buf = bytearray()
-        try:
-            # read1 returns what has arrived, so the deadline is checked often.
-            while chunk := resp.read1(_CHUNK):
-                buf += chunk
-                if len(buf) > max_bytes:
-                    raise FetchError("too_large", f"body exceeds max_bytes {max_bytes}")
-                if time.monotonic() > deadline:
-                    limit = self.policy.timeout_s * TOTAL_TIMEOUT_FACTOR
-                    raise FetchError("timeout", f"response slower than {limit:g}s", retryable=True)
-        except FetchError:
-            raise
-        except Exception as exc:
-            raise _network_failure(exc) from exc
-        return bytes(buf)
-
-
-def _network_failure(exc: BaseException) -> FetchError:
-    """Map a urllib3/socket exception to a reason (subclasses are tested first)."""
-    if isinstance(exc, u3exc.MaxRetryError) and exc.reason is not None:
-        exc = exc.reason
-    text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, u3exc.NameResolutionError):
-        return FetchError("dns_error", text, retryable=True)
-    # NewConnectionError subclasses ConnectTimeoutError: test it first.
-    if isinstance(exc, u3exc.NewConnectionError):
-        return FetchError("connection_error", text, retryable=True)
-    if isinstance(exc, (u3exc.TimeoutError, TimeoutError)):
-        return FetchError("timeout", text, retryable=True)
-    if isinstance(exc, u3exc.ProtocolError):
-        if any(isinstance(arg, http.client.IncompleteRead) for arg in exc.args):
-            return FetchError("truncated", text, retryable=True)
-        return FetchError("connection_error", text, retryable=True)
-    if isinstance(exc, u3exc.SSLError):
-        return FetchError("tls_error", text)
-    if isinstance(exc, ValueError):  # includes urllib3's LocationValueError
-        return FetchError("bad_url", text)
-    if isinstance(exc, (u3exc.HTTPError, OSError)):
-        return FetchError("connection_error", text, retryable=True)
-    return FetchError("internal_error", text)

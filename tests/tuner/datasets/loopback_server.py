@@ -114,9 +114,11 @@ class Behaviour:
     then body), ``hang`` (headers never sent until the server stops: a timeout
     whatever the client's timeout and the machine's load), ``truncated`` (Content-Length > bytes sent, then close),
     ``stream`` (no Content-Length, close-delimited), ``reset`` (TCP RST),
-    ``redirect`` (``status`` to ``location``), ``flaky`` (503 for the first
-    ``fail_times`` hits, then body), ``drip`` (one byte of ``body`` every
-    ``delay`` seconds).
+    ``redirect`` (``status`` to ``location``, after ``delay`` seconds),
+    ``flaky`` (503 for the first ``fail_times`` hits, then body), ``drip``
+    (one byte of ``body`` every ``delay`` seconds), ``drip_headers`` (the
+    status line at once, then one header byte every ``delay`` seconds).
+    ``encoding`` is sent as ``Content-Encoding`` (``body`` is sent as is).
     """
 
     kind: str = "body"
@@ -126,6 +128,7 @@ class Behaviour:
     location: str = ""
     delay: float = 0.0
     fail_times: int = 0
+    encoding: str = ""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -156,7 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _do_body(self, b: Behaviour, hits: int) -> None:
-        self._send(b.status, b.body, b.content_type)
+        extra = {"Content-Encoding": b.encoding} if b.encoding else {}
+        self._send(b.status, b.body, b.content_type, **extra)
 
     def _do_hang(self, b: Behaviour, hits: int) -> None:
         self.server.released.wait()  # set by stop(): the client has long given up by then
@@ -173,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(b.status, b.body, b.content_type)
 
     def _do_redirect(self, b: Behaviour, hits: int) -> None:
+        self.server.released.wait(b.delay)  # each hop slow, none slow enough for a read timeout
         self._send(b.status, b"", "text/plain", Location=b.location)
 
     def _do_truncated(self, b: Behaviour, hits: int) -> None:
@@ -208,6 +213,22 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(b.delay)
         except OSError:
             pass
+        self.close_connection = True
+
+    def _do_drip_headers(self, b: Behaviour, hits: int) -> None:
+        self.wfile.write(f"HTTP/1.1 {b.status} OK\r\n".encode())
+        self.wfile.flush()
+        head = f"Content-Type: {b.content_type}\r\nContent-Length: {len(b.body)}\r\n\r\n"
+        try:
+            for byte in head.encode():
+                if self.server.released.wait(b.delay):
+                    break  # stop(): the test is over
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            else:
+                self.wfile.write(b.body)
+        except OSError:
+            pass  # the client hung up, as it should
         self.close_connection = True
 
     def _do_reset(self, b: Behaviour, hits: int) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import gzip
+import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from tuner.datasets.download import (
     FAILURES_CSV,
     LOCK_FILE,
     DownloadInProgressError,
+    DownloadSummary,
     download_images,
     item_path,
 )
@@ -219,6 +223,78 @@ def test_slow_drip_hits_total_deadline(loopback: Any, tmp_path: Path) -> None:
     assert "slower than" in read_failures(tmp_path)[1]["detail"]
 
 
+# Whole-exchange deadline: generous per-read timeout, short deadline, so that only the
+# deadline can stop these servers. SLACK_S covers thread start-up on a loaded 2-core box.
+DEADLINE_S = 1.5
+SLACK_S = 1.0
+
+
+def timed_download(
+    loopback: Any, out: Path, paths: list[str], **kwargs: Any
+) -> tuple[DownloadSummary, float]:
+    """Download one item per path (through ``rewrite_host``); return summary and seconds."""
+    items = [Item(i, (f"http://x.example{path}",)) for i, path in enumerate(paths, 1)]
+    index = CompetitionIndex(items=items)
+    options = {"timeout_s": 2.0, "deadline_s": DEADLINE_S, "retries": 0, **kwargs}
+    start = time.monotonic()
+    summary = download_images(
+        index, out_dir=out, rewrite_host=loopback.base_url, allow_loopback=True,
+        progress=False, **options,
+    )  # fmt: skip
+    return summary, time.monotonic() - start
+
+
+def test_slow_headers_are_cut_off_at_the_deadline(loopback: Any, tmp_path: Path) -> None:
+    """Status line, then one header byte per second: no single read ever times out."""
+    loopback.routes["/head.jpg"] = Behaviour(kind="drip_headers", delay=1.0, body=jpeg(32, 32, 1))
+    summary, elapsed = timed_download(loopback, tmp_path, ["/head.jpg"])
+    assert summary.failed == {"timeout": 1}
+    assert elapsed < DEADLINE_S + SLACK_S
+    detail = read_failures(tmp_path)[1]["detail"]
+    assert "/head.jpg" in detail and f"{DEADLINE_S:g}s deadline" in detail
+
+
+def test_redirect_hops_share_one_deadline(loopback: Any, tmp_path: Path) -> None:
+    """Each hop answers well within the read timeout; together they exceed the deadline."""
+    hops = 8
+    for k in range(hops):
+        loopback.routes[f"/hop{k}"] = Behaviour(
+            kind="redirect", status=302, location=f"/hop{k + 1}", delay=0.5
+        )
+    loopback.routes[f"/hop{hops}"] = good(1)
+    summary, elapsed = timed_download(loopback, tmp_path, ["/hop0"], max_redirects=hops)
+    assert summary.failed == {"timeout": 1}
+    assert elapsed < DEADLINE_S + SLACK_S
+    assert loopback.hits[f"/hop{hops}"] == 0  # cut off mid-chain, not after it
+    assert "redirect" in read_failures(tmp_path)[1]["detail"]
+
+
+def test_encoded_response_is_refused_before_decoding(loopback: Any, tmp_path: Path) -> None:
+    """A gzip bomb far under max_bytes on the wire, 10x over it decoded, is never decoded."""
+    cap = 2 * 2**20  # well above the allocations of a cold first run (imports), ~0.7 MB
+    bomb = gzip.compress(b"\0" * (10 * cap))
+    assert len(bomb) < cap // 50
+    loopback.routes.update(
+        {
+            "/bomb.jpg": Behaviour(body=bomb, encoding="gzip"),
+            "/plain.jpg": good(2),
+            "/identity.jpg": Behaviour(body=jpeg(40, 30, 3), encoding="identity"),
+        }
+    )
+    tracemalloc.start()
+    try:
+        refused, _ = timed_download(loopback, tmp_path / "bomb", ["/bomb.jpg"], max_bytes=cap)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.failed == {"content_encoding": 1}
+    detail = read_failures(tmp_path / "bomb")[1]["detail"]
+    assert "/bomb.jpg" in detail and "'gzip'" in detail and "identity" in detail
+    assert peak < cap  # all Python allocations of that run, imports included
+    plain, _ = timed_download(loopback, tmp_path / "plain", ["/plain.jpg", "/identity.jpg"])
+    assert (plain.downloaded, plain.failed) == (2, {})
+
+
 def test_blocked_without_allow_loopback(loopback: Any, tmp_path: Path) -> None:
     loopback.routes["/a.jpg"] = good(1)
     index = CompetitionIndex(items=[Item(1, ("http://x.example/a.jpg",), 3)])
@@ -241,6 +317,7 @@ def test_refuses_concurrent_run_on_same_dir(tmp_path: Path) -> None:
     [
         {"workers": 0},
         {"timeout_s": 0},
+        {"deadline_s": 0},
         {"retries": -1},
         {"max_bytes": 0},
         {"max_side": 0},

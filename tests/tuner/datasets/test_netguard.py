@@ -7,11 +7,9 @@ from typing import Any
 
 import pytest
 
+from tuner.datasets.fetch import FetchError, FetchPolicy, GuardedFetcher
 from tuner.datasets.netguard import (
     BlockedURL,
-    FetchError,
-    FetchPolicy,
-    GuardedFetcher,
     address_problem,
     check_url,
     guarded_pool_manager,
