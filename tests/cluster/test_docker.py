@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,33 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(path):
     assert path in patterns
     # What the image copies must not be ignored.
     assert not {"tuner", "trainables", "pyproject.toml", "README.md"} & set(patterns)
+
+
+def test_the_image_user_has_no_sudo():
+    # Ray's base image appends `ray ALL=NOPASSWD: ALL` to /etc/sudoers and puts ray in the sudo
+    # group: any code in a trial would be root in the container. Nothing needs it (docker/Dockerfile
+    # says why), so the image takes it away, fails its build if any NOPASSWD rule is left, and runs
+    # as ray again.
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    removal = [i for i in instructions if i.startswith("RUN ") and "sudoers" in i]
+    assert len(removal) == 1, removal
+    steps = [step.strip() for step in removal[0][4:].split("&&")]
+    assert "sed -i -E '/^[^#]*NOPASSWD/d' /etc/sudoers" in steps
+    assert "(gpasswd -d ray sudo || true)" in steps
+    assert "! grep -rqsE '^[^#]*NOPASSWD' /etc/sudoers /etc/sudoers.d" in steps  # the build's check
+    assert "! id -nG ray | grep -qw sudo" in steps
+    users = [i.split()[1] for i in instructions if i.startswith("USER ")]
+    assert users[-1] == "ray", users  # the image runs as ray, not root
+    assert instructions.index(removal[0]) > max(
+        n for n, i in enumerate(instructions) if i.startswith("USER root"))
+
+
+def test_the_sudo_removal_works_on_a_sudoers_like_rays(tmp_path):
+    # The same sed, on a copy of what the base image's sudoers looks like.
+    sudoers = tmp_path / "sudoers"
+    sudoers.write_text("Defaults env_reset\n# NOPASSWD in a comment stays\nroot ALL=(ALL:ALL) ALL\n"
+                       "%sudo ALL=(ALL:ALL) ALL\nray ALL=NOPASSWD: ALL\n")
+    subprocess.run(["sed", "-i", "-E", "/^[^#]*NOPASSWD/d", str(sudoers)], check=True)
+    assert sudoers.read_text() == ("Defaults env_reset\n# NOPASSWD in a comment stays\n"
+                                   "root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n")
+    assert subprocess.run(["grep", "-rqsE", "^[^#]*NOPASSWD", str(sudoers)]).returncode == 1

@@ -23,3 +23,9 @@ def parse_assignments(pairs: list[str]) -> dict:
 def add_tracking(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $TUNER_TRACKING_URI "
                         "or sqlite:///./mlflow.db)")
+
+
+def add_insecure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--insecure", action="store_true",
+                        help="accept RAY_AUTH_MODE=disabled (Ray without token authentication: anyone "
+                        "who reaches its ports can run code as you); refused without this flag")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuner.cli.args import add_tracking, parse_assignments
+from tuner.cli.args import add_insecure, add_tracking, parse_assignments
 
 
 def cmd_search(args) -> int:
+    from tuner.cluster.connect import check_ray_auth_mode  # ray: this command only
     from tuner.search.command import start_search  # ray, optuna, mlflow, torch: this command only
 
+    check_ray_auth_mode(insecure=args.insecure)
     start_search(Path(args.spec), overrides=parse_assignments(args.set), name=args.name,
                  num_samples=args.num_samples, storage=args.storage, address=args.address,
                  tracking_uri=args.tracking_uri)
@@ -17,8 +19,10 @@ def cmd_search(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from tuner.cluster.connect import check_ray_auth_mode  # ray: this command only
     from tuner.search.command import resume  # ray, optuna, mlflow, torch: this command only
 
+    check_ray_auth_mode(insecure=args.insecure)
     resume(args.name, more=args.more, storage=args.storage, address=args.address)
     return 0
 
@@ -50,6 +54,7 @@ def register(sub) -> None:
     search.add_argument("--num-samples", type=int, help="override budget.num_samples")
     search.add_argument("--storage", help="Ray storage path (default: $TUNER_STORAGE or ./runs)")
     search.add_argument("--address", help="Ray cluster address (default: a local embedded cluster)")
+    add_insecure(search)
     add_tracking(search)
     search.set_defaults(func=cmd_search)
 
@@ -58,6 +63,7 @@ def register(sub) -> None:
     resume.add_argument("--more", type=int, help="run N further trials on the same study")
     resume.add_argument("--storage", help="Ray storage path the search was started with")
     resume.add_argument("--address", help="Ray cluster address (default: the one it started with)")
+    add_insecure(resume)
     resume.set_defaults(func=cmd_resume)
 
     flush = sub.add_parser("flush", help="send a search's buffered MLflow writes (after an outage)")
