@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,29 @@ def skip_or_fail(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"required service missing: {reason}")
     pytest.skip(reason)
+
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"  # the test PostgreSQL: trust auth, loopback
+
+
+@contextlib.contextmanager
+def fresh_postgres_database():
+    """A new database on the test PostgreSQL, dropped afterwards; yields its DSN (no password:
+    trust auth ignores one, so tests may add a dummy password to check it is never written)."""
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(PG_DSN.format(db="postgres"), connect_timeout=3)
+    except Exception as err:  # no server on this machine
+        skip_or_fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({err})")
+    admin.autocommit = True
+    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield PG_DSN.format(db=name)
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

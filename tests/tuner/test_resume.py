@@ -17,27 +17,17 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import skip_or_fail
+from tests.conftest import fresh_postgres_database
 
 pytestmark = pytest.mark.slow
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/{db}"
+PASSWORD_ENV = "TUNER_TEST_PGPASS"
 
 
 @pytest.fixture
 def postgres_db():
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(PG_DSN.format(db="postgres"), connect_timeout=3)
-    except Exception as err:  # no server on this machine
-        skip_or_fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({err})")
-    admin.autocommit = True
-    name = f"tuner_test_{uuid.uuid4().hex[:8]}"
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    yield PG_DSN.format(db=name)
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    with fresh_postgres_database() as dsn:
+        yield dsn
 
 
 def cli(cwd: Path, *args: str, **kw):
@@ -72,7 +62,11 @@ def wait_for(condition, driver: subprocess.Popen, *, timeout: float, what: str) 
         time.sleep(0.5)
 
 
-def test_sigkill_then_resume_then_more(tmp_path, quick_data, postgres_db):
+def test_sigkill_then_resume_then_more(tmp_path, quick_data, postgres_db, monkeypatch):
+    # The spec names the password by a variable (trust auth ignores it): every process expands it
+    # where it opens the study, and no file of the search ever holds its value.
+    password = f"dummy-{uuid.uuid4().hex}"
+    monkeypatch.setenv(PASSWORD_ENV, password)
     spec = {
         "name": "rs",
         "data": {"train": str(quick_data / "train"), "val": str(quick_data / "val"), "image_size": 32},
@@ -80,7 +74,7 @@ def test_sigkill_then_resume_then_more(tmp_path, quick_data, postgres_db):
         "space": {"lr": {"loguniform": [0.01, 0.2]}},
         "scheduler": {"name": "fifo"},
         "budget": {"num_samples": 4, "max_concurrent": 2},
-        "storage": postgres_db,
+        "storage": postgres_db.replace("postgres@", "postgres:${%s}@" % PASSWORD_ENV),
     }
     (tmp_path / "rs.yaml").write_text(yaml.safe_dump(spec))
     driver = cli(tmp_path, "search", "rs.yaml")
@@ -115,6 +109,14 @@ def test_sigkill_then_resume_then_more(tmp_path, quick_data, postgres_db):
     real = [t for t in study.trials if not t.user_attrs.get("tuner_orphaned")]
     assert len(real) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in real)
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    leaked = [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*"))
+              if p.is_file() and password.encode() in p.read_bytes()]
+    assert leaked == []
+    unset = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+    missing = subprocess.run([sys.executable, "-m", "tuner.cli", "resume", "rs"], cwd=tmp_path,
+                             capture_output=True, text=True, env=unset)
+    assert missing.returncode == 2 and f"environment variable {PASSWORD_ENV} is not set" in missing.stderr
 
     gone = subprocess.run([sys.executable, "-m", "tuner.cli", "resume", "nope"], cwd=tmp_path,
                           capture_output=True, text=True)

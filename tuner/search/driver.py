@@ -17,7 +17,7 @@ from tuner.cluster.connect import start_ray
 from tuner.errors import UserError
 from tuner.places import SearchPlaces
 from tuner.search.schedulers import build_scheduler
-from tuner.search.searcher import build_searcher, fail_orphaned_trials
+from tuner.search.searcher import build_searcher, fail_orphaned_trials, optuna_storage_url
 from tuner.search.space import grid_size
 from tuner.spec.model import SearchSpec
 from tuner.tracking.callback import MlflowTracking
@@ -102,6 +102,9 @@ def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[s
     path = places.search_dir(spec.name)
     if not tune.Tuner.can_restore(path):
         raise UserError(f"search {spec.name!r} has no restorable state in {places.storage_path}")
+    # The saved searcher opens the study again by expanding the storage's ${VAR}: an unset one
+    # fails here, in one line, before Ray starts and unpickles it.
+    optuna_storage_url(spec, places)
     start_ray(address)
     tuner = tune.Tuner.restore(
         path, trainable=_trainable(spec, tune_trainable), resume_unfinished=True, resume_errored=True,

@@ -5,6 +5,10 @@ FAILS, and only a trial that ended itself (its epochs done, or converged under d
 COMPLETE, with its best epoch's value (what the leaderboard ranks by and promote picks). Upstream
 OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, which teaches TPE that
 2-epoch accuracies are final ones.
+
+Ray pickles the searcher, its study and storage included, into ``searcher-state-*.pkl`` and
+``tuner.pkl``: a spec's ``storage:`` is opened through ``EnvURLStorage``, whose pickle holds the URL
+as written (``${VAR}``), never the expanded one.
 """
 
 from __future__ import annotations
@@ -99,10 +103,45 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+class EnvURLStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage opened from a URL that may name ``${VAR}`` (``tuner.redact.expand_env``).
+
+    A pickle of it (Ray saves the searcher with its study and storage, and restores it on ``tuner
+    resume``) holds the URL as written and no connection; unpickling expands the variables again,
+    then, so an unset one is a ``UserError`` that names it. The expanded URL lives in memory only.
+    """
+
+    def __init__(self, written_url: str, *, what: str = "storage", **kwargs):
+        self.written_url = written_url
+        self.what = what
+        super().__init__(expand_env(written_url, what=what), **kwargs)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # the engine and sessions stay behind
+        state["url"] = None  # filled in again from written_url by __setstate__
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        url = self._fill_storage_url_template(expand_env(state["written_url"], what=state["what"]))
+        super().__setstate__({**state, "url": url})
+
+
 def optuna_storage_url(spec: SearchSpec, places: SearchPlaces) -> str:
+    """The study's URL with its ``${VAR}`` expanded: to open it here, never to keep."""
     if spec.storage:
-        return expand_env(spec.storage, what=f"{spec.source}: storage")
+        return expand_env(spec.storage, what=_storage_what(spec))
     return f"sqlite:///{(places.state_dir / 'optuna.db').resolve()}"
+
+
+def optuna_storage(spec: SearchSpec, places: SearchPlaces) -> optuna.storages.RDBStorage:
+    """The study's storage, safe to pickle: a spec's URL is kept as written (see EnvURLStorage)."""
+    if spec.storage:
+        return EnvURLStorage(spec.storage, what=_storage_what(spec))
+    return optuna.storages.RDBStorage(optuna_storage_url(spec, places))
+
+
+def _storage_what(spec: SearchSpec) -> str:
+    return f"{spec.source}: storage"
 
 
 def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str,
@@ -116,7 +155,7 @@ def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str,
     if warm_start and spec.sampler.name == "grid" and any(p.when for p in spec.space):
         points += grid_points(spec.space)
     places.state_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(optuna_storage_url(spec, places))
+    storage = optuna_storage(spec, places)
     return TruthfulOptunaSearch(
         space=define_by_run(spec.space),
         metric=spec.metric,

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 
 import optuna
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
+from ray import tune
 
+from tests.conftest import fresh_postgres_database
 from tests.tuner.search import synthetic
+from tuner.errors import UserError
 from tuner.places import SearchPlaces
 from tuner.search.command import make_tracking
 from tuner.search.driver import run_search
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
-from tuner.search.searcher import optuna_storage_url
+from tuner.search.searcher import build_searcher, optuna_storage_url
 from tuner.spec import parse_spec
 
 pytestmark = pytest.mark.slow
@@ -48,8 +52,7 @@ def ray_session(tmp_path_factory):
     del os.environ[synthetic.EVENTS_ENV]
 
 
-def search(tmp_path, events, name: str, *, hold: int = 0, **raw):
-    synthetic.set_hold(events, hold, raw.get("budget", {}).get("num_samples", 3))
+def spec_and_places(tmp_path, name: str, **raw):
     spec = parse_spec({
         "name": name, "data": {"train": str(tmp_path), "val": str(tmp_path)},
         "fixed": {"epochs": 3}, "resources": {"cpu": 1, "gpu": 0},
@@ -57,6 +60,12 @@ def search(tmp_path, events, name: str, *, hold: int = 0, **raw):
     }, source=f"{name}.yaml")
     places = SearchPlaces(str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}",
                           tmp_path / "mlruns", tmp_path / "runs" / name / "tuner_state")
+    return spec, places
+
+
+def search(tmp_path, events, name: str, *, hold: int = 0, **raw):
+    synthetic.set_hold(events, hold, raw.get("budget", {}).get("num_samples", 3))
+    spec, places = spec_and_places(tmp_path, name, **raw)
     results = run_search(spec, places, make_tracking(spec, places, None, tmp_path),
                          trainable=synthetic.synthetic_trial)
     study = optuna.load_study(study_name=name, storage=optuna_storage_url(spec, places))
@@ -137,3 +146,58 @@ def test_gpu_shares_bound_how_many_trials_run_at_once(ray_session, tmp_path, sha
     )
     assert all(r.error is None for r in results) and len(results) == expected + 1
     assert synthetic.max_overlap(ray_session) == expected
+
+
+SECRET_ENV = "TUNER_TEST_STORAGE_SECRET"
+
+
+@pytest.fixture
+def postgres_db():
+    """A fresh database on the PostgreSQL at 127.0.0.1 (trust auth: a password given is ignored)."""
+    with fresh_postgres_database() as dsn:
+        yield dsn
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_storage_variable_is_expanded_where_opened_never_saved(ray_session, tmp_path, monkeypatch,
+                                                                 request, backend):
+    """``storage: postgresql://user:${VAR}@host/db``: Ray pickles the searcher (its Optuna study and
+    storage) into searcher-state-*.pkl and tuner.pkl; those hold the URL as written, and a restore
+    expands the variable again (an unset one is an error that names it)."""
+    secret = f"dummy-pw-{uuid.uuid4().hex}"
+    monkeypatch.setenv(SECRET_ENV, secret)
+    reference = "${" + SECRET_ENV + "}"
+    if backend == "postgresql":
+        storage = request.getfixturevalue("postgres_db").replace("postgres@", f"postgres:{reference}@", 1)
+    else:  # the variable names part of the path: the same leak, on any machine
+        storage = f"sqlite:///{tmp_path / 'optuna'}-{reference}.db"
+    name = f"env-{backend}"
+    raw = {"storage": storage, "space": {"lr": {"loguniform": [0.01, 0.1]}},
+           "sampler": {"name": "random", "seed": 0}, "scheduler": {"name": "fifo"}}
+    results, study, _ = search(tmp_path, ray_session, name, **raw)
+    assert all(r.error is None for r in results) and len(study.trials) == 3
+
+    search_dir = tmp_path / "runs" / name
+    states = sorted(search_dir.glob("searcher-state-*.pkl"))
+    assert states and (search_dir / "tuner.pkl").is_file()
+    assert reference.encode() in states[-1].read_bytes()  # the URL as written
+    leaked = [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*"))
+              if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+
+    # Ray's own restore, as `tuner resume` does it: tuner.pkl, then the searcher's state.
+    spec, places = spec_and_places(tmp_path, name, **raw)
+    restored = tune.Tuner.restore(
+        str(search_dir), trainable=tune.with_resources(synthetic.synthetic_trial, {"cpu": 1, "gpu": 0}),
+        resume_unfinished=True, param_space=spec.base_config())
+    assert len(restored.fit()) == 3
+    searcher = build_searcher(spec, places, study_name=name, warm_start=False)
+    searcher.restore(str(states[-1]))
+    assert len(searcher._ot_study.get_trials(deepcopy=False)) == 3  # the study, opened again
+    assert searcher.suggest("after-restore")["lr"] > 0
+
+    later = build_searcher(spec, places, study_name=name, warm_start=False)
+    monkeypatch.delenv(SECRET_ENV)  # a resume in a shell without the variable
+    with pytest.raises(UserError, match=f"environment variable {SECRET_ENV} is not set"):
+        later.restore(str(states[-1]))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import ray
+from ray.tune.search import ConcurrencyLimiter
 
+from tuner.errors import UserError
 from tuner.places import SearchPlaces
 from tuner.search.searcher import build_searcher
 from tuner.spec import parse_spec
@@ -60,3 +63,42 @@ def test_a_complete_trial_is_worth_its_best_epoch_not_its_last(tmp_path, mode, c
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == best
     assert trial.intermediate_values == dict(enumerate(curve, start=1))
+
+
+def test_a_saved_searcher_holds_the_storage_url_as_written_and_expands_it_on_restore(tmp_path, monkeypatch):
+    """``storage:`` naming ``${VAR}``: Ray's two pickles of the searcher (searcher-state-*.pkl by
+    save_to_dir, tuner.pkl by cloudpickle) hold the reference, not its value; a restore opens the
+    study again with the value the variable has then, and an unset one is an error naming it."""
+    secret = "not-in-any-file-7f3a"
+    monkeypatch.setenv("TUNER_TEST_DB", secret)
+    spec = parse_spec({"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
+                       "metric": "val_acc", "mode": "max", "space": {"lr": {"loguniform": [0.001, 1.0]}},
+                       "storage": f"sqlite:///{tmp_path}/" + "${TUNER_TEST_DB}.db"}, source="s.yaml")
+    places = SearchPlaces(str(tmp_path / "runs"), "sqlite:///unused.db", None, tmp_path / "state")
+    live = build_searcher(spec, places, study_name="s")
+    live.suggest("a")
+    live.on_trial_complete("a", {"val_acc": 0.5, "training_iteration": 1, "status": "completed"})
+    live.suggest("b")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    live.save_to_dir(str(saved), "now")
+    (saved / "tuner.pkl").write_bytes(ray.cloudpickle.dumps(ConcurrencyLimiter(live, max_concurrent=2)))
+    for path in saved.iterdir():
+        assert secret.encode() not in path.read_bytes(), path.name
+        assert b"${TUNER_TEST_DB}" in path.read_bytes(), path.name
+
+    restored = build_searcher(spec, places, study_name="s", warm_start=False)
+    restored.restore(str(saved / "searcher-state-now.pkl"))
+    assert [t.state for t in restored._ot_study.trials] == [optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.RUNNING]
+    restored.on_trial_complete("b", {"val_acc": 0.7, "training_iteration": 1, "status": "completed"})
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / secret}.db")
+    assert sorted(t.value for t in study.trials) == [0.5, 0.7]
+    assert ray.cloudpickle.loads((saved / "tuner.pkl").read_bytes()).searcher._ot_study.trials
+
+    monkeypatch.delenv("TUNER_TEST_DB")
+    later = searcher_for(tmp_path)
+    with pytest.raises(UserError, match="s.yaml: storage: environment variable TUNER_TEST_DB is not set"):
+        later.restore(str(saved / "searcher-state-now.pkl"))
+    with pytest.raises(UserError, match="TUNER_TEST_DB"):
+        ray.cloudpickle.loads((saved / "tuner.pkl").read_bytes())

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,8 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
-from tests.conftest import skip_or_fail
+from tests.conftest import fresh_postgres_database
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEARCH = "team"
 SPEC = {
     "name": SEARCH,
@@ -119,20 +117,8 @@ class MlflowServer:
 @pytest.fixture(scope="session")
 def postgres_store():
     """A fresh PostgreSQL database for this test run, dropped afterwards."""
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3)
-    except Exception as err:  # no server on this machine
-        skip_or_fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({err})")
-    admin.autocommit = True
-    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with fresh_postgres_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
