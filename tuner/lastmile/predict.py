@@ -5,12 +5,17 @@ class name the training folders used (for the competition: its label id). Test-t
 averages the softmax over views (``flips``: + mirror; ``crops``: + mirror + four shifted crops).
 A file that is not a readable image is skipped, counted and named by id; the CSV is written to a
 temporary name and renamed, so a failed run never leaves half a submission.
+
+Only the model's ``checkpoint.pt`` is read (``torch.load(weights_only=True)``); its Python code is
+never run. A pyfunc with a cloudpickled ``python_model`` (what ``tuner promote`` wrote before models
+from code) is refused with the command that promotes the same trial again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Optional
 
 import mlflow
 import torch
+import yaml
 from tqdm import tqdm
 
 from tuner.errors import UserError
@@ -30,6 +36,7 @@ from trainables.inference import Classifier, load_classifier
 log = logging.getLogger(__name__)
 
 TTA_MODES = ("none", "flips", "crops")
+PICKLED_MODEL_FILE = "python_model.pkl"  # MLflow's cloudpickled PythonModel (+ .gz/.bz2/.lzma)
 
 
 @dataclass
@@ -56,10 +63,49 @@ def resolve_checkpoint(model_uri: str, tracking_uri: Optional[str]) -> Path:
     except Exception as err:  # MlflowException, OSError: the URI does not resolve
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"model {model_uri!r} does not resolve: {first}") from None
+    pickled = pickled_pyfunc(directory)
+    if pickled:
+        raise UserError(
+            f"model {model_uri!r} is a pickled pyfunc ({pickled}), promoted by an older tuner; "
+            f"tuner predict does not use pickled models: promote it again with "
+            f"`{_promote_again(model_uri)}` and predict with the new version")
     found = sorted(directory.rglob(CHECKPOINT_FILE))
     if not found:
         raise UserError(f"model {model_uri!r} holds no {CHECKPOINT_FILE}")
     return found[0]
+
+
+def pickled_pyfunc(directory: Path) -> Optional[str]:
+    """What makes a downloaded model a pickled pyfunc (its path in the model), or None: a
+    ``python_model.pkl*`` file, or an MLmodel whose python_function flavor names one (``python_model``;
+    a model from code has ``model_code_path`` instead). Nothing is unpickled to find out."""
+    pickle_file = next(iter(sorted(directory.rglob(PICKLED_MODEL_FILE + "*"))), None)
+    if pickle_file is not None:
+        return str(pickle_file.relative_to(directory))
+    for mlmodel in sorted(directory.rglob("MLmodel")):
+        try:
+            flavors = yaml.safe_load(mlmodel.read_text()).get("flavors") or {}
+            pickled = (flavors.get("python_function") or {}).get("python_model")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+            continue  # not an MLmodel we can read: the checkpoint decides
+        if pickled:
+            return str((mlmodel.parent / str(pickled)).relative_to(directory))
+    return None
+
+
+def _promote_again(model_uri: str) -> str:
+    """The `tuner promote` command for the trial a registered version came from (its lineage tags),
+    or its generic form when the URI names no registered version or the tags are missing."""
+    try:
+        from mlflow.store.artifact.utils.models import get_model_name_and_version  # rare path only
+
+        client = mlflow.MlflowClient()
+        name, version = get_model_name_and_version(client, model_uri)
+        tags = client.get_model_version(name, version).tags
+        return shlex.join(["tuner", "promote", tags["tuner.search"], "--trial", tags["tuner.trial_id"],
+                           "--model-name", name])
+    except Exception:  # a runs:/ or models:/m-… URI, a model registered by hand: no lineage
+        return "tuner promote SEARCH --trial TRIAL"
 
 
 def _id_order(item: tuple[str, Path]) -> tuple:

@@ -2,7 +2,9 @@
 
 The model is an MLflow pyfunc logged into the trial's own run (its status untouched) whose artifacts
 are the trial's best checkpoint (model weights, TrialConfig, class map, normalisation) and a
-``model_card.json`` with the class names and preprocessing; the MLmodel metadata repeats them. The
+``model_card.json`` with the class names and preprocessing; the MLmodel metadata repeats them. Nothing
+in it is a pickle: the pyfunc is MLflow's "models from code", the source file ``pyfunc_model.py`` of
+this package, and the checkpoint loads with ``torch.load(weights_only=True)``. The
 version carries lineage tags (search, trial, run id, metric and value, checkpoint URI) and the alias
 (``champion`` by default) moves to it, so ``models:/NAME@champion`` always means "the model we would
 submit". Every argument is checked before anything is written.
@@ -15,18 +17,14 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import mlflow
-import pandas as pd
 import pyarrow.fs
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
     _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name,
@@ -38,25 +36,10 @@ from tuner.tracking.leaderboard import Board, Entry, load_board
 from tuner.tracking.lineage import open_location
 from tuner.tracking.tags import CHECKPOINT_TAG
 from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
-from trainables.data import load_rgb_image
-from trainables.inference import load_classifier
 
-
-with warnings.catch_warnings():  # MLflow asks for type hints it would use to validate inputs
-    warnings.simplefilter("ignore", UserWarning)
-
-    class CheckpointClassifierModel(PythonModel):
-        """pyfunc wrapper: ``predict(DataFrame with a 'path' column)`` -> predicted class names."""
-
-        def load_context(self, context) -> None:
-            self.classifier = load_classifier(context.artifacts["checkpoint"])
-
-        def predict(self, context, model_input, params=None):
-            paths = list(model_input["path"])
-            batch = torch.stack([self.classifier.transform(load_rgb_image(p)) for p in paths])
-            predicted = self.classifier.probabilities(batch).argmax(dim=1).tolist()
-            names = [self.classifier.class_names[i] for i in predicted]
-            return pd.DataFrame({"path": paths, "predicted": names})
+# The pyfunc's code, logged as source ("models from code"), never as a cloudpickled object: loading
+# the model runs this file (visible in the model's artifacts), not a pickle.
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 @dataclass
@@ -183,15 +166,13 @@ def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: P
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # The python_model is cloudpickled (MLflow warns about it on every call): it is our own class,
-    # and loading it needs this package installed, as predicting does anyway.
+    # MLflow logs that it cannot infer a signature from predict's DataFrame type hint: the model has
+    # none, on purpose (as before: its input is not validated, a 'path' column is all it reads).
     quiet = logging.getLogger("mlflow.pyfunc")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():  # the type-hint advice again, at save time
-            warnings.simplefilter("ignore", UserWarning)
-            return _log_pyfunc(run_id, checkpoint, card_file, card, name)
+        return _log_pyfunc(run_id, checkpoint, card_file, card, name)
     finally:
         quiet.setLevel(level)
 
@@ -199,7 +180,7 @@ def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: P
 def _log_pyfunc(run_id: str, checkpoint: Path, card_file: Path, card: dict, name: str):
     return Model.log(
         artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=CheckpointClassifierModel(),
+        python_model=str(MODEL_CODE),  # a path: models from code, nothing pickled
         artifacts={"checkpoint": str(checkpoint), "model_card": str(card_file)},
         registered_model_name=name,
         metadata={"class_names": card["class_names"], "preprocessing": card["preprocessing"]},

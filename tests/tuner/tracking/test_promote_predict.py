@@ -1,5 +1,6 @@
 """`tuner promote` registers a trial's checkpoint with lineage and moves the alias; `tuner predict`
-turns the promoted model into a submission, with and without test-time augmentation."""
+turns the promoted model into a submission, with and without test-time augmentation. The promoted
+model holds no pickle (MLflow "models from code"), and `tuner predict` refuses a pickled one."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+import yaml
+
+from mlflow.pyfunc import PythonModel
 
 from tests.tuner.tracking.conftest import assert_user_error, run_cli
 from trainables.data import load_rgb_image
 from trainables.inference import load_classifier
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
 
 IMAGES = 48  # test images predicted per run: enough for the TTA comparison, cheap on 2 cores
 
@@ -174,3 +180,118 @@ def test_predict_bad_input_leaves_no_half_file(promoted, team_search, tmp_path, 
         assert_user_error(run_cli("predict", *args, "--out", str(out), "--tracking-uri", uri), message)
     assert out.read_text() == "id,predicted\nkeep,me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "junk", "submission.csv"]
+
+
+# --------------------------------------------------------------------------------------------
+# No pickle: whoever can write a model's artifacts must not get code run by a pickle on load.
+
+PICKLE_HEADER = b"\x80"  # the PROTO opcode every pickle of protocol 2+ starts with
+
+
+def download(uri: str, server_uri: str) -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(server_uri)
+    mlflow.set_registry_uri(server_uri)
+    return Path(mlflow.artifacts.download_artifacts(uri))
+
+
+def test_promoted_model_holds_no_pickle(promoted, team_search):
+    """Both promoted versions, as stored: no python_model.pkl, no file that is a pickle; the
+    pyfunc is the package's own model code, the checkpoint and the model card plain artifacts."""
+    for version in ("1", "2"):
+        local = download(f"models:/team/{version}", team_search.server.uri)
+        files = {str(p.relative_to(local)): p for p in local.rglob("*") if p.is_file()}
+        assert not [n for n in files if Path(n).name.startswith("python_model.pkl")], sorted(files)
+        pickles = [n for n, p in files.items() if p.read_bytes()[:1] == PICKLE_HEADER]
+        assert pickles == [], f"version {version}: pickled files {pickles}"
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        assert "python_model" not in flavor  # the key MLflow sets for a cloudpickled model
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+        shipped = ROOT / "tuner" / "lastmile" / "pyfunc_model.py"  # the package's own source
+        assert (local / Path(flavor["model_code_path"]).name).read_text() == shipped.read_text()
+        assert {"artifacts/checkpoint.pt", "artifacts/model_card.json"} <= set(files)
+
+
+def test_pyfunc_loads_without_pickle_and_agrees_with_predict(champion, team_search, test_images,
+                                                             tmp_path, monkeypatch):
+    """With MLflow told to refuse pickles, the champion loads through pyfunc and predicts real photos
+    as the checkpoint does, and as `tuner predict` writes them."""
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    download("models:/team@champion", team_search.server.uri)  # sets the tracking and registry URI
+    model = mlflow.pyfunc.load_model("models:/team@champion")
+    classifier, ids, batch = champion
+    paths = [str(test_images / f"{i}.jpg") for i in ids]
+    predicted = model.predict(pd.DataFrame({"path": paths}))
+    labels = independent_probabilities(classifier, batch, "none").argmax(dim=1).tolist()
+    assert list(predicted["path"]) == paths
+    assert list(predicted["predicted"]) == [classifier.class_names[p] for p in labels]
+    out = tmp_path / "submission.csv"
+    proc = run_cli("predict", "models:/team@champion", "--images", str(test_images), "--out", str(out),
+                   "--quiet", "--tracking-uri", team_search.server.uri)
+    assert proc.returncode == 0, proc.stderr
+    assert {r["id"]: r["predicted"] for r in read_csv(out)} == dict(zip(ids, predicted["predicted"]))
+
+
+class LegacyClassifierModel(PythonModel):  # MLflow warns (once) that predict has no type hints
+    """The pyfunc `tuner promote` cloudpickled before models from code (same body)."""
+
+    def load_context(self, context) -> None:
+        self.classifier = load_classifier(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd  # only when MLflow calls it
+
+        paths = list(model_input["path"])
+        batch = torch.stack([self.classifier.transform(load_rgb_image(p)) for p in paths])
+        predicted = self.classifier.probabilities(batch).argmax(dim=1).tolist()
+        return pd.DataFrame({"path": paths,
+                             "predicted": [self.classifier.class_names[i] for i in predicted]})
+
+
+@pytest.fixture(scope="module")
+def legacy_model(promoted, team_search, team_client) -> str:
+    """A model registered as an older `tuner promote` did: a cloudpickled python_model beside the
+    champion's checkpoint, in an experiment of its own (the search's runs stay as they are)."""
+    import mlflow
+    from mlflow.models import Model
+
+    download("models:/team@champion", team_search.server.uri)  # sets the tracking and registry URI
+    version = team_client.get_model_version_by_alias("team", "champion")
+    checkpoint = Path(version.tags["tuner.checkpoint"]) / "checkpoint.pt"
+    run = team_client.create_run(team_client.create_experiment("legacy-promote"))
+    Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run.info.run_id,
+              python_model=LegacyClassifierModel(), artifacts={"checkpoint": str(checkpoint)},
+              registered_model_name="legacy", pip_requirements=["torch"])
+    team_client.set_terminated(run.info.run_id)
+    for key in ("tuner.search", "tuner.trial_id"):  # the lineage the old promote tagged it with
+        team_client.set_model_version_tag("legacy", "1", key, version.tags[key])
+    return "models:/legacy/1"
+
+
+def test_predict_refuses_a_pickled_model_from_an_older_promote(legacy_model, team_search, team_client,
+                                                               test_images, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    local = download(legacy_model, team_search.server.uri)
+    assert (local / "python_model.pkl").read_bytes()[:1] == PICKLE_HEADER  # it is the old format
+    # MLflow itself still loads it (its own default, MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true).
+    model = mlflow.pyfunc.load_model(legacy_model)
+    assert len(model.predict(pd.DataFrame({"path": [str(test_images / "1.jpg")]}))) == 1
+    out = tmp_path / "submission.csv"
+    result = run_cli("predict", legacy_model, "--images", str(test_images), "--out", str(out),
+                     "--tracking-uri", team_search.server.uri)
+    assert_user_error(result, "is a pickled pyfunc (python_model.pkl), promoted by an older tuner")
+    trial = team_client.get_model_version("legacy", "1").tags["tuner.trial_id"]
+    assert f"promote it again with `tuner promote team --trial {trial} --model-name legacy`" in result.stderr
+    assert not out.exists()
+    # Named by its logged-model id (no registered version, no lineage tags): the generic advice.
+    model_id = yaml.safe_load((local / "MLmodel").read_text())["model_id"]
+    result = run_cli("predict", f"models:/{model_id}", "--images", str(test_images), "--out",
+                     str(out), "--tracking-uri", team_search.server.uri)
+    assert_user_error(result, "`tuner promote SEARCH --trial TRIAL`")
+    assert not out.exists()
