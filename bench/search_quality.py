@@ -245,7 +245,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     budget = int(round(args.budget_trials * model.epochs))
     time_factor = args.epoch_sleep_s / max(model.mean_seconds, 1e-9)
     out = Path(args.out)
-    command = shlex.join(["python", "bench/search_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else argv
+    # --resume changes where results come from, not what they are: left out, so that the command
+    # regenerates the file from scratch rather than keeping what the file already holds.
+    command = shlex.join(["python", "bench/search_quality.py", *(a for a in given if a != "--resume")])
     conditions = {  # what a kept result must share with this run to be reused by --resume
         "seeds": seeds, "budget_epochs": budget, "concurrency": args.concurrency,
         "time_factor": round(time_factor, 6), "priors": args.priors,
