@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 from trainables.errors import TrialInputError
 from trainables.image_files import IMAGE_EXTENSIONS, is_image_file
+from trainables.image_formats import decode_formats
 from trainables.cache import CachedImageDataset, CacheError, find_cache
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,13 @@ def load_rgb_image(path: str | Path) -> Image.Image:
     """Decodes any Pillow-readable file into an upright RGB image; raises on anything unreadable.
 
     Decompression bombs raise: Pillow's size guard stays on and its warning (above ~89 megapixels) is
-    promoted to an error, so one giant PNG cannot exhaust a worker's memory.
+    promoted to an error, so one giant PNG cannot exhaust a worker's memory. Only the web photo
+    formats of ``DECODE_FORMATS`` are parsed: an EPS/PSD/ICO named ``.jpg`` raises
+    ``UnidentifiedImageError`` (a counted skip) instead of reaching a rarely used decoder.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(path, formats=decode_formats()) as img:
             img.load()  # decode now, inside the guard: a truncated file raises here
             try:
                 img = ImageOps.exif_transpose(img)  # phone photos: pixels stored sideways + a tag

@@ -102,6 +102,11 @@ IMAGE_CASES: dict[str, tuple[str, Callable[[], bytes], tuple]] = {
     "one_by_one": ("dot.png", lambda: encode(Image.new("RGB", (1, 1), (9, 8, 7)), "PNG"), ("rgb", (1, 1))),
     "rgba_png": ("alpha.png", lambda: png_rgba(32, 24, 5), ("rgb", (32, 24))),
     "grayscale_jpeg": ("grey.jpg", _grey, ("rgb", (30, 20))),
+    # Formats outside the allowlist (trainables.image_files.DECODE_FORMATS) are never parsed.
+    "tga_named_jpg": ("tga.jpg", lambda: encode(photo(20, 10, 1), "TGA"), NOT_AN_IMAGE),
+    "ico_named_png": ("icon.png", lambda: encode(photo(16, 16, 2), "ICO"), NOT_AN_IMAGE),
+    "eps_named_jpg": ("eps.jpg", lambda: encode(photo(16, 16, 3), "EPS"), NOT_AN_IMAGE),
+    "ppm_named_png": ("ppm.png", lambda: encode(photo(16, 16, 4), "PPM"), NOT_AN_IMAGE),
 }
 
 
@@ -155,6 +160,23 @@ def test_image_folder(case: str, tmp_path: Path) -> None:
         assert tuple(batch.images.shape) == (1, 3, height, width)  # RGB, upright
 
 
+_OTHER_FORMATS = ["tga_named_jpg", "ico_named_png", "eps_named_jpg", "ppm_named_png"]
+
+
+@pytest.mark.parametrize("decoder", ["cache", "stats"])
+@pytest.mark.parametrize("case", _OTHER_FORMATS)
+def test_other_decoders_refuse_formats_outside_the_allowlist(case: str, decoder: str, tmp_path: Path) -> None:
+    from tuner.datasets.cache_decode import decode_resized
+    from tuner.datasets.stats import load_rgb_array
+
+    path = _write_case(tmp_path, case)
+    with pytest.raises(UnidentifiedImageError):
+        if decoder == "cache":
+            decode_resized(str(path), 8, "squash")
+        else:
+            load_rgb_array(path, 8)
+
+
 # --------------------------------------------------------------------------------------------
 # Competition JSON: (file content, expected). Expected is ("error", substrings) or
 # ("skip", image_id, reason substring) or ("accepted", warning substring).
@@ -204,6 +226,9 @@ COMPETITION_CASES: dict[str, tuple[Any, tuple]] = {
         ("error", ["annotations[0].image_id", "unknown image 99"]),
     ),
     "url_not_string": ({"images": [{"url": [42], "image_id": 1}]}, ("error", ["images[0].url[0]"])),
+    # A 300-digit id would become a file name longer than NAME_MAX: skipped, not fatal.
+    "id_300_digits": (_one(10**299), ("skip", 10**299, "below 2**63")),
+    "id_2_pow_63": (_one(2**63), ("skip", 2**63, "image_id 9223372036854775808")),
 }
 
 

@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from trainables.image_formats import decode_formats
+
 __all__ = ["FIT_FUNCTIONS", "decode_resized", "decode_rows"]
 
 _RESAMPLE = Image.Resampling.BILINEAR  # what torchvision's Resize uses (antialiased)
@@ -47,7 +49,7 @@ def decode_resized(path: str, size: int, fit: str) -> tuple[np.ndarray, int, int
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(path, formats=decode_formats()) as img:  # web photo formats only
             if img.format == "JPEG":
                 width, height = img.size
                 if img.getexif().get(0x0112, 1) in _ROTATED:

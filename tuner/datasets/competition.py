@@ -10,11 +10,12 @@ does not. The files are downloaded from the internet and later drive file
 names and HTTP requests, so everything is validated strictly here, once:
 image ids must be real positive integers (an id becomes a file name, so a
 string such as ``"../x"`` must never get through), labels non-negative
-integers, and URLs plain http(s).
+integers, and URLs plain http(s). An id of 2**63 or more (a 300-digit one
+would exceed the file-name length limit) skips that image only.
 
 Structural problems raise :class:`CompetitionDataError` with a one-line
 message naming the file, the offending key/index and the rule. Problems that
-only affect one image (no URL, unsupported URL scheme) are not fatal: the
+only affect one image (no URL, unsupported URL scheme, id too large) are not fatal: the
 image is recorded in :attr:`CompetitionIndex.skipped` with a reason.
 """
 
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 _ALLOWED_SCHEMES = ("http", "https")
+# An id becomes a file name: a 300-digit one exceeds NAME_MAX and used to abort the whole
+# download (ENAMETOOLONG). 2**63 bounds it to 19 digits and keeps it a signed 64-bit int.
+MAX_IMAGE_ID = 2**63
 _REPR_LIMIT = 60
 
 
@@ -155,7 +159,8 @@ def parse_competition(data: Any, *, source: str = "<memory>") -> CompetitionInde
 
     if index.skipped:
         index.warnings.append(
-            f"{source}: {len(index.skipped)} image(s) skipped: no usable http(s) URL"
+            f"{source}: {len(index.skipped)} image(s) skipped: no usable http(s) URL "
+            f"or image_id not below 2**63"
         )
     if counters["string_url"]:
         index.warnings.append(
@@ -187,6 +192,9 @@ def _parse_image(entry: Any, where: str, counters: dict[str, int]) -> tuple[int,
         )
     if "url" not in entry:
         raise CompetitionDataError(f"{where}: missing required key 'url'")
+    if image_id >= MAX_IMAGE_ID:
+        # Kept in the index as a skip so that its annotations still resolve.
+        return image_id, f"image_id {_short(image_id)} out of range: must be below 2**63"
     raw_urls = entry["url"]
     if isinstance(raw_urls, str):
         counters["string_url"] += 1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tuner.datasets.safe_files import open_new
 from tuner.datasets.stats import channel_stats, default_stats_path, save_stats
 from tuner.errors import UserError
 
@@ -39,7 +40,7 @@ def unpack_demo_data(out: str | Path) -> dict[str, int]:
             counts[split] += 1
         answers.sort()
         key = out / ANSWER_KEY
-        with open(key.with_suffix(".part"), "w", newline="") as handle:
+        with open_new(key.with_suffix(".part"), "w", newline="") as handle:  # never via a symlink
             writer = csv.writer(handle)
             writer.writerow(["id", "label"])
             writer.writerows(answers)
@@ -55,7 +56,8 @@ def _write_if_changed(target: Path, data: bytes) -> None:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    partial.write_bytes(data)
+    with open_new(partial, "wb") as handle:  # a planted symlink is replaced, not written through
+        handle.write(data)
     os.replace(partial, target)
 
 

@@ -26,7 +26,10 @@ Guarantees:
   ``tls_error``, ``bad_url``) and image ones: ``not_an_image``,
   ``decompression_bomb``, ``truncated`` (decodes only partly),
   ``corrupt_image``, ``write_error``, ``internal_error`` (a bug; the row's
-  detail names the exception).
+  detail names the exception), and ``bad_id`` (id or label not in
+  ``1..2**63-1`` / ``0..2**63-1``; nothing is fetched).
+* Output files (``.part``, the failures CSV, the lock) are opened without
+  following a symlink planted at their path (:mod:`tuner.datasets.safe_files`).
 * Fetching (:mod:`tuner.datasets.fetch`): each redirect hop passes the SSRF
   guard, one deadline bounds a whole attempt, encoded bodies are refused.
 """
@@ -49,12 +52,16 @@ from tqdm import tqdm
 from tuner.datasets.competition import CompetitionIndex, Item
 from tuner.datasets.fetch import FetchError, FetchPolicy, GuardedFetcher
 from tuner.datasets.image_normalize import save_image
+from tuner.datasets.safe_files import open_lock_file, open_new
 from trainables import csvsafe
 
 __all__ = ["DownloadInProgressError", "DownloadSummary", "download_images", "item_path"]
 
 FAILURES_CSV = "download_failures.csv"
 LOCK_FILE = ".download.lock"
+# Ids and labels become file and folder names: 19 digits at most stays far below NAME_MAX.
+# competition.py applies the same bound; this one covers indexes built in memory.
+MAX_ID = 2**63
 
 
 class DownloadInProgressError(RuntimeError):
@@ -178,7 +185,12 @@ def download_images(
         cfg = _Config(fetcher, retries, float(backoff_s), max_side, rewrite)
         _remove_stale_parts(out)
         pending: list[tuple[Item, Path]] = []
+        rejected: list[tuple[Item, str]] = []
         for item in index.items:
+            problem = _id_problem(item)
+            if problem is not None:
+                rejected.append((item, problem))
+                continue
             dest = item_path(out, item)
             if dest.is_file():
                 summary.skipped_existing += 1
@@ -186,8 +198,26 @@ def download_images(
                 pending.append((item, dest))
         for label_dir in {dest.parent for _, dest in pending}:
             label_dir.mkdir(parents=True, exist_ok=True)
-        _run_pool(pending, cfg, workers, summary, progress)
+        _run_pool(pending, rejected, cfg, workers, summary, progress)
     return summary
+
+
+def _id_problem(item: Item) -> str | None:
+    """None when the item's id and label make a sane file name, else the rule broken."""
+    if not 0 < item.image_id < MAX_ID:
+        return f"image_id {_id_text(item.image_id)} out of range: must be below 2**63"
+    if item.label is not None and not 0 <= item.label < MAX_ID:
+        return f"label {_id_text(item.label)} out of range: must be below 2**63"
+    return None
+
+
+def _id_text(value: int, cut: int | None = 40) -> str:
+    """The id for a CSV cell (whole) or a message (cut); str() itself fails past 4300 digits."""
+    try:
+        text = str(value)
+    except ValueError:
+        return "<integer too large to print>"
+    return text if cut is None or len(text) <= cut else f"{text[:20]}...({len(text)} digits)"
 
 
 def _validate_args(
@@ -232,7 +262,7 @@ def _exclusive_lock(out: Path) -> Iterator[None]:
     except ImportError:  # non-POSIX: no locking, single run assumed
         yield
         return
-    with open(out / LOCK_FILE, "a+") as fh:
+    with open_lock_file(out / LOCK_FILE) as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -252,6 +282,7 @@ def _remove_stale_parts(out: Path) -> None:
 
 def _run_pool(
     pending: list[tuple[Item, Path]],
+    rejected: list[tuple[Item, str]],
     cfg: _Config,
     workers: int,
     summary: DownloadSummary,
@@ -261,7 +292,7 @@ def _run_pool(
     counts: Counter[str] = Counter()
     assert summary.failures_csv is not None
     with (
-        open(summary.failures_csv, "w", newline="", encoding="utf-8") as fh,
+        open_new(summary.failures_csv, "w", newline="", encoding="utf-8") as fh,
         tqdm(
             total=summary.requested,
             initial=summary.skipped_existing,
@@ -272,6 +303,11 @@ def _run_pool(
     ):
         writer = csvsafe.writer(fh)  # urls and details come from the JSON and the servers
         writer.writerow(["image_id", "url", "reason", "detail"])
+        for item, problem in rejected:
+            counts["bad_id"] += 1
+            url = item.urls[0] if item.urls else ""
+            writer.writerow([_id_text(item.image_id, cut=None), url, "bad_id", problem])
+            bar.update(1)
         fh.flush()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
         try:

@@ -17,17 +17,17 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from trainables.image_formats import DECODE_FORMATS, decode_formats
 from tuner.datasets.fetch import FetchError
+from tuner.datasets.safe_files import open_new
 
 __all__ = ["ALLOWED_FORMATS", "JPEG_QUALITY", "save_image"]
 
 JPEG_QUALITY = 90
 # Pillow's own default for Image.MAX_IMAGE_PIXELS; used if someone set it to None.
 DEFAULT_MAX_PIXELS = 89_478_485
-# Web photo formats only: Pillow can also parse EPS (through Ghostscript),
-# PSD, FITS and dozens more, none of which a product photo needs, all of
-# which widen the attack surface for untrusted bytes.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+# Web photo formats only (shared with the trainables' decoders, see there why).
+ALLOWED_FORMATS = DECODE_FORMATS
 
 
 def save_image(data: bytes, dest: Path, max_side: int | None) -> None:
@@ -35,7 +35,7 @@ def save_image(data: bytes, dest: Path, max_side: int | None) -> None:
     img = _decode(data, max_side)
     part = dest.with_name(dest.name + ".part")
     try:
-        with open(part, "wb") as fh:
+        with open_new(part, "wb") as fh:  # a symlink planted at .part is removed, not followed
             img.save(fh, format="JPEG", quality=JPEG_QUALITY)
         os.replace(part, dest)
     except BaseException as exc:
@@ -48,7 +48,7 @@ def save_image(data: bytes, dest: Path, max_side: int | None) -> None:
 def _decode(data: bytes, max_side: int | None) -> Image.Image:
     """Return an RGB image, or raise :class:`FetchError` with an image reason."""
     try:
-        formats = _open_formats()
+        formats = decode_formats()
         with Image.open(io.BytesIO(data), formats=formats) as probe:
             _check_pixels(probe)
             probe.verify()  # structural checks (PNG CRCs...) before a full decode
@@ -72,12 +72,6 @@ def _decode(data: bytes, max_side: int | None) -> Image.Image:
         text = f"{type(exc).__name__}: {exc}"
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt_image"
         raise FetchError(reason, text) from exc
-
-
-def _open_formats() -> list[str]:
-    """ALLOWED_FORMATS that this Pillow build can open (AVIF is optional)."""
-    Image.init()
-    return [name for name in ALLOWED_FORMATS if name in Image.OPEN]
 
 
 def _check_pixels(img: Image.Image) -> None:

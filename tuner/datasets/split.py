@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tuner.datasets.safe_files import open_new
 from tuner.datasets.stats import list_image_folder
 
 __all__ = ["MANIFEST", "SplitError", "SplitResult", "split_validation"]
@@ -202,6 +203,7 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     # Through a temporary name so that a crash never leaves a partial dst
     # that a resumed run would take for finished.
     tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)  # copy2 would write through a symlink planted there
     shutil.copy2(src, tmp)
     os.replace(tmp, dst)
 
@@ -219,7 +221,8 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    with open_new(tmp, "w", encoding="utf-8") as fh:  # never through a symlink planted at .tmp
+        fh.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 

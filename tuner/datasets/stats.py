@@ -29,6 +29,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tuner.datasets.safe_files import open_new
+
+from trainables.image_formats import decode_formats, over_pixel_limit
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "channel_stats",
@@ -159,8 +163,15 @@ def _chunk_sums(paths: Sequence[str], resize: int | None) -> _Sums:
 
 
 def load_rgb_array(path: str | os.PathLike[str], resize: int | None) -> np.ndarray:
-    """The uint8 ``(H, W, 3)`` array that :func:`channel_stats` counts for ``path``."""
-    with Image.open(path) as img:
+    """The uint8 ``(H, W, 3)`` array that :func:`channel_stats` counts for ``path``.
+
+    Raises (a counted skip) for a format outside ``DECODE_FORMATS`` and for an image over
+    Pillow's pixel limit: open() only reads the header, so the size is checked before decoding.
+    """
+    with Image.open(path, formats=decode_formats()) as img:
+        too_big = over_pixel_limit(img)
+        if too_big:
+            raise Image.DecompressionBombError(f"{path}: {too_big}")
         rgb = img.convert("RGB")
     if resize is not None:
         rgb = rgb.resize((resize, resize), _RESAMPLE)
@@ -215,7 +226,8 @@ def save_stats(stats: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with open_new(tmp, "w", encoding="utf-8") as fh:  # never through a symlink planted at .tmp
+        fh.write(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -61,3 +61,16 @@ def test_demo_lays_out_the_sample_like_the_competition(tmp_path, capsys):
     assert stats["count"] == 3000
     np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-4)
+
+
+def test_answer_key_part_symlink_is_not_written_through(tmp_path):
+    from tuner.datasets.demo import unpack_demo_data
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "test_labels.part").symlink_to(victim)
+    unpack_demo_data(out)
+    assert victim.read_text() == "precious\n"
+    assert not (out / "test_labels.csv").is_symlink()

@@ -350,3 +350,74 @@ def test_only_web_image_formats_are_decoded(loopback: Any, tmp_path: Path) -> No
     )
     assert (summary.downloaded, summary.failed) == (2, {"not_an_image": 2})
     assert {int(i) for i in read_failures(tmp_path)} == {3, 4}
+
+
+def test_huge_image_id_is_a_counted_skip_and_the_rest_downloads(
+    loopback: Any, tmp_path: Path
+) -> None:
+    """A 300-digit id (a file name over NAME_MAX) once aborted the run with ENAMETOOLONG."""
+    loopback.routes["/a.jpg"] = good(1)
+    huge = 10**299
+    raw = tmp_path / "test.json"
+    raw.write_text(
+        '{"images": [{"url": ["http://x.example/a.jpg"], "image_id": 1},'
+        f' {{"url": ["http://x.example/a.jpg"], "image_id": {huge}}}]}}'
+    )
+    index = load_competition_json(raw)
+    assert [i.image_id for i in index.items] == [1]
+    assert index.skipped[0][0] == huge and "below 2**63" in index.skipped[0][1]
+    # An index built in memory (no JSON validation) gets the same rule from the downloader.
+    index.items.append(Item(huge, ("http://x.example/a.jpg",), 3))
+    out = tmp_path / "out"
+    summary = download_images(
+        index, out_dir=out, rewrite_host=loopback.base_url, allow_loopback=True, progress=False
+    )
+    assert (summary.downloaded, summary.skipped_in_json, summary.failed) == (1, 1, {"bad_id": 1})
+    assert (out / "1.jpg").is_file()
+    row = read_failures(out)[huge]
+    assert row["reason"] == "bad_id" and "2**63" in row["detail"]
+
+
+def test_planted_symlinks_are_never_written_through(loopback: Any, tmp_path: Path) -> None:
+    """A symlink at the failures CSV or the lock file path must not redirect tuner's writes."""
+    loopback.routes["/gone.jpg"] = Behaviour(status=404)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / FAILURES_CSV).symlink_to(victim)
+    index = CompetitionIndex(items=[Item(1, ("http://x.example/gone.jpg",))])
+    summary = download_images(
+        index, out_dir=out, rewrite_host=loopback.base_url, allow_loopback=True, progress=False
+    )
+    assert summary.failed == {"http_404": 1}
+    assert victim.read_text() == "precious\n"
+    assert not (out / FAILURES_CSV).is_symlink() and 1 in read_failures(out)
+
+
+def test_lock_file_symlink_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).symlink_to(tmp_path / "created_by_tuner")
+    with pytest.raises(OSError, match="symlink"):
+        download_images(CompetitionIndex(), out_dir=out, progress=False)
+    assert not (tmp_path / "created_by_tuner").exists()
+
+
+def test_part_file_symlink_is_not_followed(tmp_path: Path) -> None:
+    """save_image writes <id>.jpg.part then renames it; a symlink planted there is replaced."""
+    from tuner.datasets.image_normalize import save_image
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "7.jpg"
+    (out / "7.jpg.part").symlink_to(victim)
+    save_image(jpeg(32, 24, 1), dest, None)
+    assert victim.read_text() == "precious\n"
+    assert not dest.is_symlink()
+    with Image.open(dest) as img:
+        assert img.size == (32, 24)

@@ -130,3 +130,25 @@ def test_load_stats_not_json(tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_stats(tmp_path / "s.json")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # from the header read
+def test_images_over_the_pixel_limit_are_skipped_without_decoding(tmp_path: Path) -> None:
+    """100 MP sits in Pillow's warning range (89-179 MP): stats must not decode it."""
+    from .loopback_server import bomb_png
+
+    root = tmp_path / "train"
+    (root / "a").mkdir(parents=True)
+    photo(20, 10, 1).save(root / "a" / "ok.jpg")
+    (root / "a" / "bomb.png").write_bytes(bomb_png(10_000))
+    stats = channel_stats(root, resize=8, workers=1, progress=False)
+    assert (stats["count"], stats["skipped"]) == (1, 1)
+
+
+def test_stats_skips_formats_outside_the_allowlist(tmp_path: Path) -> None:
+    root = tmp_path / "train"
+    (root / "a").mkdir(parents=True)
+    photo(20, 10, 1).save(root / "a" / "ok.jpg")
+    photo(20, 10, 2).save(root / "a" / "tga.jpg", format="TGA")
+    stats = channel_stats(root, resize=8, workers=1, progress=False)
+    assert (stats["count"], stats["skipped"]) == (1, 1)
