@@ -70,7 +70,7 @@ def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None
                             "(for the sample: tuner data demo --out data/demo)")
     uri = resolve_tracking_uri(tracking_uri, spec_value=spec.tracking)
     places = search_places(spec.name, tracking_uri=uri, storage=storage)
-    ensure_new_search(places, spec.name)
+    ensure_new_search(places, spec)  # before anything is written or run
     preflight_search(spec, places, address=address)  # one clear line before any trial
     start_dir = Path.cwd()
     save_definition(places, spec, spec_file=Path(spec_file), start_dir=start_dir,

@@ -10,12 +10,15 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
+import optuna
+import pyarrow.fs
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
 from tuner.cluster.connect import start_ray
 from tuner.errors import UserError
 from tuner.places import SearchPlaces
+from tuner.redact import redact
 from tuner.search.schedulers import build_scheduler
 from tuner.search.searcher import build_searcher, fail_orphaned_trials, optuna_storage_url
 from tuner.search.space import grid_size
@@ -74,13 +77,50 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
     )
 
 
-def ensure_new_search(places: SearchPlaces, name: str) -> None:
+def ensure_new_search(places: SearchPlaces, spec: SearchSpec) -> None:
+    """A search name is never reused: refuses ``spec.name`` when its folder already exists in the
+    storage (a local folder, or any URI pyarrow opens: file://, s3://, gs://) or when its Optuna
+    study already exists in the study's storage (the spec's ``storage:``, or the default SQLite).
+    Either would merge a new search into the old one's study and MLflow parent run. ``tuner resume``
+    (and ``--more``) continue an existing search and do not come here."""
+    name = spec.name
+    again = f"continue it with `tuner resume {name}` (or `tuner resume {name} --more N`) or choose another --name"
+    if _search_dir_exists(places, name):
+        raise UserError(f"search {name!r} already exists in {redact(places.storage_path)}; {again}")
+    if _study_exists(spec, places):
+        where = redact(spec.storage) if spec.storage else optuna_storage_url(spec, places)
+        raise UserError(f"search {name!r}: an Optuna study named {name!r} already exists in {where}; {again}")
+
+
+def _search_dir_exists(places: SearchPlaces, name: str) -> bool:
     search_dir = places.search_dir(name)
-    if "://" not in search_dir and Path(search_dir).exists():
+    if "://" not in search_dir:
+        return Path(search_dir).exists()
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(search_dir)
+        return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except (OSError, ValueError, ImportError) as err:  # pyarrow's errors derive from these
         raise UserError(
-            f"search {name!r} already exists in {places.storage_path}; "
-            f"continue it with `tuner resume {name}` or choose another --name"
-        )
+            f"--storage {redact(places.storage_path)}: cannot check whether search {name!r} already "
+            f"exists there ({_first_line(err)}); check the URI and this machine's credentials"
+        ) from None
+
+
+def _study_exists(spec: SearchSpec, places: SearchPlaces) -> bool:
+    if not spec.storage and not (places.state_dir / "optuna.db").exists():
+        return False  # the default SQLite is made by the search itself: none yet, no study
+    url = optuna_storage_url(spec, places)  # an unset ${VAR} is a UserError naming it
+    try:
+        return spec.name in optuna.study.get_all_study_names(storage=url)
+    except Exception as err:  # SQLAlchemy's errors: unreachable server, bad URL, missing driver
+        where = redact(spec.storage) if spec.storage else url
+        raise UserError(
+            f"search {spec.name!r}: cannot open the Optuna storage {where} ({_first_line(err)})"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return redact(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
 
 
 def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
