@@ -82,6 +82,9 @@ def _loopback_only() -> Iterator[None]:
     and Windows; with the node address 127.0.0.1 its gRPC servers bind 127.0.0.1 instead of every
     interface. Off only while ``ray.init`` runs; ``start_ray`` checks the address Ray ended up with.
     """
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # another Ray: start_ray's check decides
+        yield
+        return
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
