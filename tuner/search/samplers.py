@@ -56,7 +56,8 @@ def _register(name: str, **entry):
     "tpe", summary="Tree-structured Parzen estimator (multivariate, grouped for conditional spaces)",
     options={
         "multivariate": Option(bool, True, help="model parameters jointly"),
-        "group": Option(bool, None, help="split conditional subspaces (default: on when the space has `when`)"),
+        "group": Option(bool, None, help="split conditional subspaces (default: on when the space has "
+                        "`when` and the model is multivariate)"),
         "constant_liar": Option(bool, None, help="penalise running trials (default: on when max_concurrent > 1)"),
         "n_startup_trials": Option(int, None, minimum=0, help="random trials before the model is used "
                                    "(default: sized to the budget, see startup_trials)"),
@@ -69,7 +70,8 @@ def _tpe(b: SamplerBuild):
     o = b.options
     return optuna.samplers.TPESampler(
         seed=b.seed, multivariate=o["multivariate"],
-        group=b.conditional if o["group"] is None else o["group"],
+        # Optuna groups only a multivariate model: univariate TPE on a conditional space is not grouped.
+        group=(b.conditional and o["multivariate"]) if o["group"] is None else o["group"],
         constant_liar=b.max_concurrent > 1 if o["constant_liar"] is None else o["constant_liar"],
         n_startup_trials=startup_trials(b) if o["n_startup_trials"] is None else o["n_startup_trials"],
         n_ei_candidates=o["n_ei_candidates"],

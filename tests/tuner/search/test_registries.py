@@ -86,6 +86,16 @@ def test_an_option_reaches_the_optuna_sampler(tmp_path):
     assert sampler._n_startup_trials == 3
 
 
+def test_univariate_tpe_builds_on_a_conditional_space(tmp_path):
+    # Optuna refuses group=True without multivariate: the default group follows the model.
+    spec = parse_spec({"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
+                       "space": {"augmentation": {"choice": ["light", "rrc"]},
+                                 "aug.min_scale": {"choice": [0.25, 0.5], "when": {"augmentation": "rrc"}}},
+                       "sampler": {"name": "tpe", "options": {"multivariate": False}}}, source="s.yaml")
+    sampler = build_sampler("tpe", space=spec.space, seed=0, options=spec.sampler.options, max_concurrent=2)
+    assert not sampler._multivariate and not sampler._group
+
+
 @pytest.mark.parametrize("num_samples,max_concurrent,startup", [
     (12, 2, 2),      # the journal's 12-trial search: 2 random trials, not Optuna's 10 of 12
     (40, 2, 8),      # a fifth of the budget
