@@ -8,7 +8,16 @@ attribute columns. Two of its own mechanisms land the user on the leaderboard in
   order, visible columns) that the URL ``#/experiments/<id>/runs?viewStateShareKey=<key>`` applies,
   the same thing the UI's "Share" button writes. Plain URL parameters (``orderByKey``,
   ``orderByAsc``, ``searchFilter``) can order the table but cannot choose columns, and any of them
-  in the URL makes the UI ignore a shared view, so the URL carries the share key alone.
+  in the URL makes the UI ignore a shared view, so the URL carries the share key and, beside it,
+  ``workflowType=machine_learning``, which opens the "Model training" side of the UI instead of the
+  GenAI one (a view setting the UI also remembers per browser; the shared view still applies).
+
+The view shows what fits a laptop's 1400 px at once: run name, best metric, epochs run, status and
+the searched params. MLflow prints metrics with all their digits (``val_loss`` 1.85298950…) and
+offers no per-column format, so the per-epoch ``val_acc``/``val_loss`` stay one click away in the
+run's page rather than taking columns. What MLflow does not let us change (its "Created" column is
+always shown; its Assistant panel opens by itself on a browser's first visit to a local server and
+stays closed once closed) is in docs/tracking.md.
 """
 
 from __future__ import annotations
@@ -41,10 +50,10 @@ def _column(kind: str, name: str) -> str:
 
 
 def leaderboard_view(metric: str, mode: str, searched: Sequence[str]) -> str:
-    """The shared view JSON: trials only, best first, the search metric and searched params shown."""
-    metrics = [f"best_{metric}", "val_acc", "val_loss", "epoch"]
-    columns = [_column("metrics", m) for m in dict.fromkeys(metrics)]
-    columns += [_column("tags", STATUS_TAG)] + [_column("params", p) for p in searched]
+    """The shared view JSON: trials only, best first; the best metric, the epochs run, the status
+    and the searched params shown, in that order."""
+    columns = [_column("metrics", f"best_{metric}"), _column("metrics", "epoch"),
+               _column("tags", STATUS_TAG)] + [_column("params", p) for p in searched]
     return json.dumps({
         "searchFilter": f"tags.`{KIND_TAG}` = 'trial'",
         "orderByKey": _column("metrics", f"best_{metric}"),
@@ -57,7 +66,7 @@ def leaderboard_view(metric: str, mode: str, searched: Sequence[str]) -> str:
 def experiment_path(experiment_id: Optional[str]) -> str:
     if experiment_id is None:
         return "#/experiments"
-    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
 
 
 def install_view(client, search: str) -> str:
