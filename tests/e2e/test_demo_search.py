@@ -1,18 +1,23 @@
 """End to end: the real CLI runs a real search (local Ray, MLflow on SQLite) on the shipped images,
-then leaderboard -> promote -> predict -> score, as `make demo` does."""
+then leaderboard -> promote -> predict -> score, as `make demo` does, and the search's report."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from tests.conftest import skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +161,99 @@ def test_optuna_study_holds_the_truth_about_every_trial(finished_search):
     assert [t.state for t in diverged] == [optuna.trial.TrialState.FAIL]
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == \
         sum(tag == "early_stopped" for tag in status.values()) >= 1
+
+
+# --- tuner report -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def report_page(finished_search) -> tuple[Path, Path]:
+    """`tuner report e2e` on the finished search: (its working folder, the index.html it printed)."""
+    work, _ = finished_search
+    return work, Path(tuner(work, "report", "e2e").stdout.strip())
+
+
+def test_report_shows_every_section_with_the_search_numbers(report_page):
+    import optuna
+
+    from tuner.report import build_report
+    from tuner.search.definition import load_definition
+
+    work, index = report_page
+    assert index == work / "runs" / "e2e" / "report" / "index.html"
+    page = index.read_text()
+    _, places, spec = load_definition("e2e", str(work / "runs"))
+    report = build_report("e2e", places, spec)  # the data behind the page's figures
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    histories = {r.data.tags["tuner.trial_id"]: client.get_metric_history(r.info.run_id, "val_acc")
+                 for r in client.search_runs([experiment.experiment_id], "tags.`tuner.kind` = 'trial'")}
+    # Best so far: one point per reported epoch, ending on the best val_acc of any epoch.
+    best = max(m.value for history in histories.values() for m in history)
+    assert [p.epochs for p in report.progress] == list(range(1, sum(map(len, histories.values())) + 1))
+    assert report.progress[-1].best == best and f"Best val_acc {best:.4f}" in page
+    # Learning curves: every epoch of every trial; a trial ASHA stopped ends on one of its rungs.
+    assert report.data.rungs == [1, 2]  # grace_period 1, reduction_factor 2, 3 epochs
+    assert {t.trial: [p.epoch for p in t.curve] for t in report.data.trials} == \
+        {trial: sorted(m.step for m in history) for trial, history in histories.items()}
+    stopped = [t for t in report.data.trials if t.status == "early_stopped"]
+    assert stopped and all(t.curve[-1].epoch == t.epochs in report.data.rungs for t in stopped)
+    # Parallel coordinates and slices: lr on a log axis, the optimizer's choices in spec order.
+    assert [(a.name, a.log, a.choices) for a in report.data.axes] == \
+        [("lr", True, ()), ("optimizer", False, ("sgd", "adam"))]
+    assert report.slices == ["lr", "optimizer"]
+    # Importance: 4 trials are too few, and the page says how many finished.
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{places.state_dir / 'optuna.db'}")
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert report.importance.complete == complete and f"this search has {complete}." in page
+    # Timeline: one bar per trial, on one slot (max_concurrent 1), its idle share printed.
+    assert sorted(b.trial for b in report.timeline.bars) == sorted(histories)
+    assert report.timeline.slots == 1 and 0 <= report.timeline.idle_fraction < 1
+    assert f"idle {report.timeline.idle_fraction:.1%} of the slot time" in page
+    # Leaderboard: a row per trial, with why it ended.
+    table = page.split("<h2>Leaderboard</h2>")[1]
+    assert table.count("<tr>") == 1 + len(histories)
+    assert all(f"<td>early_stopped at epoch {t.epochs}</td>" in table for t in stopped)
+    # Self-contained: the 5 figures with data inline, nothing to fetch, no script.
+    assert page.count('src="data:image/png;base64,') == 5
+    assert not re.search(r"https?://", page) and "<script" not in page and "<link" not in page
+
+
+def test_report_is_logged_to_the_search_parent_run(report_page, tmp_path):
+    work, index = report_page
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    parent = client.search_runs([experiment.experiment_id], "tags.`tuner.kind` = 'search'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {f"report/{p.name}" for p in index.parent.iterdir()}
+    assert {"report/index.html", "report/curves.png", "report/timeline.png"} <= logged
+    copy = client.download_artifacts(parent.info.run_id, "report/index.html", str(tmp_path))
+    assert Path(copy).read_text() == index.read_text()
+
+
+def test_report_renders_offline_in_a_browser(report_page, tmp_path):
+    """Headless Chromium opens the page from a file:// URL: every figure decodes, and the screenshot
+    of the top of the page is a drawn one (kept in the tmp dir)."""
+    from PIL import Image
+
+    from tests.tuner.tracking.browser import CHROMIUM
+
+    if not CHROMIUM.is_file():
+        skip_or_fail("headless Chromium (/usr/bin/chromium, Debian package `chromium`) is missing")
+    _, index = report_page
+    images = asyncio.run(_open_report(index.as_uri(), tmp_path))
+    assert len(images) == 5 and all(width > 0 for width in images), images
+    pixels = np.asarray(Image.open(tmp_path / "report.png").convert("RGB"), dtype=float)
+    assert pixels.std() > 20  # not a blank page
+    # The first figure's best-so-far line (matplotlib's C0 blue) is on screen.
+    assert (np.abs(pixels - (31, 119, 180)).max(axis=2) < 30).sum() > 200
+
+
+async def _open_report(url: str, tmp_path: Path) -> list[int]:
+    """The natural widths of the page's images (0: not decoded), after a screenshot."""
+    from tests.tuner.tracking.browser import Page
+
+    async with Page(tmp_path / "profile", width=1300, height=900) as page:
+        await page.goto(url)
+        await page.wait_for_text("Leaderboard")
+        widths = await page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        await page.screenshot(tmp_path / "report.png")
+    return widths

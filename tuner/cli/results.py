@@ -1,4 +1,4 @@
-"""``tuner leaderboard | promote | predict | ui | score``: what to do with a finished search."""
+"""``tuner leaderboard | promote | predict | ui | report | score``: what to do with a finished search."""
 
 from __future__ import annotations
 
@@ -53,6 +53,16 @@ def cmd_ui(args) -> int:
     return serve(tracking_uri=resolve_tracking_uri(args.tracking_uri), search=args.name, port=args.port)
 
 
+def cmd_report(args) -> int:
+    from tuner.report import write_report  # matplotlib, mlflow, optuna: this command only
+    from tuner.search.definition import load_definition  # the spec parser: this command only
+
+    # The saved definition knows the search's tracking URI and its Optuna storage.
+    _, places, spec = load_definition(args.name, args.storage)
+    echo(str(write_report(args.name, places, spec=spec)))
+    return 0
+
+
 def cmd_score(args) -> int:
     accuracy, rows = score_submission(args.submission, args.key)
     echo(f"submission {args.submission}: {rows} rows, top-1 accuracy {accuracy:.4f} "
@@ -91,6 +101,11 @@ def register(sub) -> None:
     ui.add_argument("--port", type=int, default=5000, help="local port (default: 5000)")
     add_tracking(ui)
     ui.set_defaults(func=cmd_ui)
+
+    report = sub.add_parser("report", help="a search's report: one offline HTML page with its figures")
+    report.add_argument("name")
+    report.add_argument("--storage", help="Ray storage path the search was started with")
+    report.set_defaults(func=cmd_report)
 
     score = sub.add_parser("score", help="top-1 accuracy of a submission against an answer key")
     score.add_argument("submission")
