@@ -30,6 +30,7 @@ demo: $(STAMP)
 	@echo ""
 	@echo "MLflow data: $(CURDIR)/mlflow.db (runs), $(CURDIR)/mlruns (artifacts), $(CURDIR)/runs (checkpoints)"
 	@echo "Open the leaderboard:  make ui   (= tuner ui $(DEMO_NAME), on http://127.0.0.1:5000)"
+	@echo "The search's report:   $(CURDIR)/runs/$(DEMO_NAME)/report/index.html"
 
 # The MLflow UI on 127.0.0.1, opened on the last demo search's leaderboard.
 ui: $(STAMP)

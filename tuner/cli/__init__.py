@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True)
     data.register(data_commands)  # demo, download, stats, split, cache
     diagnose.register_preview(data_commands)  # preview-augment
-    search.register(sub)  # search, resume, flush, train
-    results.register(sub)  # leaderboard, promote, predict, ui, score
+    search.register(sub)  # search, resume, status, flush, train
+    results.register(sub)  # leaderboard, promote, predict, ui, report, score
     diagnose.register(sub)  # diagnose batch-size / lr-range / overfit
     return parser
 

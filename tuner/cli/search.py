@@ -1,10 +1,16 @@
-"""``tuner search | resume | flush | train``: parse flags, call the library."""
+"""``tuner search | resume | status | flush | train``: parse flags, call the library."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tuner.cli.args import add_insecure, add_tracking, parse_assignments
+from tuner.terminal import echo  # trial ids and params: control characters escaped
+
+
+def _add_ray_output(parser) -> None:
+    parser.add_argument("--ray-output", action="store_true",
+                        help="also print Ray Tune's own progress: a box per trial, a status table every 30 s")
 
 
 def cmd_search(args) -> int:
@@ -14,7 +20,7 @@ def cmd_search(args) -> int:
     check_ray_auth_mode(insecure=args.insecure)
     start_search(Path(args.spec), overrides=parse_assignments(args.set), name=args.name,
                  num_samples=args.num_samples, storage=args.storage, address=args.address,
-                 tracking_uri=args.tracking_uri)
+                 tracking_uri=args.tracking_uri, ray_output=args.ray_output)
     return 0
 
 
@@ -23,7 +29,15 @@ def cmd_resume(args) -> int:
     from tuner.search.command import resume  # ray, optuna, mlflow, torch: this command only
 
     check_ray_auth_mode(insecure=args.insecure)
-    resume(args.name, more=args.more, storage=args.storage, address=args.address)
+    resume(args.name, more=args.more, storage=args.storage, address=args.address,
+           ray_output=args.ray_output)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from tuner.search.status import search_status  # ray, optuna, mlflow, torch: this command only
+
+    echo("\n".join(search_status(args.name, args.storage)))
     return 0
 
 
@@ -54,6 +68,7 @@ def register(sub) -> None:
     search.add_argument("--num-samples", type=int, help="override budget.num_samples")
     search.add_argument("--storage", help="Ray storage path (default: $TUNER_STORAGE or ./runs)")
     search.add_argument("--address", help="Ray cluster address (default: a local embedded cluster)")
+    _add_ray_output(search)
     add_insecure(search)
     add_tracking(search)
     search.set_defaults(func=cmd_search)
@@ -63,8 +78,15 @@ def register(sub) -> None:
     resume.add_argument("--more", type=int, help="run N further trials on the same study")
     resume.add_argument("--storage", help="Ray storage path the search was started with")
     resume.add_argument("--address", help="Ray cluster address (default: the one it started with)")
+    _add_ray_output(resume)
     add_insecure(resume)
     resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="a search's trials by status, its best and its running "
+                            "trials, read from MLflow and its Optuna study (from any shell)")
+    status.add_argument("name")
+    status.add_argument("--storage", help="Ray storage path the search was started with")
+    status.set_defaults(func=cmd_status)
 
     flush = sub.add_parser("flush", help="send a search's buffered MLflow writes (after an outage)")
     flush.add_argument("name")

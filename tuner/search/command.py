@@ -4,6 +4,7 @@ callback, pre-flight, driver run, and a closing summary. The CLI only parses fla
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,8 @@ from tuner.spec.load import load_spec
 from tuner.spec.model import SearchSpec
 from tuner.tracking.callback import MlflowTracking
 from tuner.tracking.lineage import search_lineage_tags
+
+log = logging.getLogger(__name__)
 
 
 def search_params(spec: SearchSpec) -> dict:
@@ -51,8 +54,10 @@ def make_tracking(spec: SearchSpec, places: SearchPlaces, spec_file: Optional[Pa
 
 def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None,
                  num_samples: Optional[int] = None, storage: Optional[str] = None,
-                 address: Optional[str] = None, tracking_uri: Optional[str] = None) -> SearchSpec:
-    """Runs a new search to its end and prints its summary; returns the spec it ran."""
+                 address: Optional[str] = None, tracking_uri: Optional[str] = None,
+                 ray_output: bool = False) -> SearchSpec:
+    """Runs a new search to its end and prints its summary; returns the spec it ran.
+    ``ray_output``: Ray Tune's own progress output too, besides the search's console."""
     if name is not None and not is_search_name(name):
         raise UserError(f"--name {name!r}: must be {NAME_RULE} (it names the search's folders)")
     spec = load_spec(spec_file, overrides=overrides)
@@ -76,21 +81,23 @@ def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None
     save_definition(places, spec, spec_file=Path(spec_file), start_dir=start_dir,
                     overrides=overrides, address=address)
     tracking = make_tracking(spec, places, Path(spec_file), start_dir)
-    results = run_search(spec, places, tracking, address=address)
+    results = run_search(spec, places, tracking, address=address, ray_output=ray_output)
     print_summary(spec, places, results)
+    report_search(spec, places)
     return spec
 
 
 def resume(name: str, *, more: Optional[int] = None, storage: Optional[str] = None,
-           address: Optional[str] = None) -> None:
+           address: Optional[str] = None, ray_output: bool = False) -> None:
     """Finishes a search whose driver died, or runs ``more`` further trials on the same study and
     MLflow parent run (a new Ray experiment inside the search's folder)."""
     definition, places, spec = load_definition(name, storage)
     address = address or definition.get("address")
     preflight_search(spec, places, address=address)
     if more is None:
-        results = resume_search(spec, places, address=address)
+        results = resume_search(spec, places, address=address, ray_output=ray_output)
         print_summary(spec, places, results)
+        report_search(spec, places)
         return
     if more < 1:
         raise UserError(f"--more: must be >= 1, got {more}")
@@ -99,9 +106,10 @@ def resume(name: str, *, more: Optional[int] = None, storage: Optional[str] = No
     write_definition(places, definition)
     extended = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, num_samples=more))
     tracking = make_tracking(extended, places, spec_file=None, start_dir=Path(definition["start_dir"]))
-    results = run_search(extended, places, tracking, address=address,
+    results = run_search(extended, places, tracking, address=address, ray_output=ray_output,
                          experiment=(places.search_dir(spec.name), extension))
     print_summary(extended, places, results)
+    report_search(spec, places)
 
 
 def print_summary(spec: SearchSpec, places: SearchPlaces, results) -> None:
@@ -115,6 +123,22 @@ def print_summary(spec: SearchSpec, places: SearchPlaces, results) -> None:
     except (RuntimeError, KeyError, ValueError):
         print("no trial reported a result")
     print(f"leaderboard: tuner leaderboard {spec.name} --tracking-uri {redact(places.tracking_uri)}")
+
+
+def report_search(spec: SearchSpec, places: SearchPlaces) -> Optional[Path]:
+    """Writes the search's report (``tuner report``) and prints its path. A finished search never
+    fails for its report: a report that cannot be written is one line saying how to retry."""
+    from tuner.report import write_report  # matplotlib: only once a search has run
+
+    try:
+        path = write_report(spec.name, places, spec=spec)
+    except Exception as err:  # MLflow gone away, a figure that will not draw: the trials are safe
+        log.warning("search %s: report not written (%s)", spec.name, redact(str(err)),
+                    exc_info=log.isEnabledFor(logging.DEBUG))  # the traceback with --verbose
+        print(f"report: not written; retry with `tuner report {spec.name}`")
+        return None
+    print(f"report: {path}")
+    return path
 
 
 def _describe(config: dict, spec: SearchSpec) -> str:

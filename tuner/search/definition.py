@@ -54,7 +54,8 @@ def load_definition(name: str, storage: Optional[str]) -> tuple[dict, SearchPlac
     places = search_places(name, tracking_uri="", storage=storage)
     path = places.state_dir / DEFINITION_FILE
     if not path.is_file():
-        raise UserError(f"no search named {name!r} in {places.storage_path} (nothing to resume)")
+        raise UserError(f"no search named {name!r} in {places.storage_path} "
+                        "(pass --storage if it was started with one)")
     definition = json.loads(path.read_text())
     places = search_places(name, tracking_uri=definition["tracking_uri"], storage=storage)
     start_dir = Path(definition["start_dir"])

@@ -1,24 +1,30 @@
 """The search driver: SearchSpec -> Ray Tune Tuner with our OptunaSearch + the spec's scheduler.
 
 ``run_search`` runs a search (or a ``--more`` extension of one) to its end; ``resume_search``
-continues one whose driver died. What Optuna is told about each trial is in ``searcher.py``.
+continues one whose driver died. What Optuna is told about each trial is in ``searcher.py``; what
+the console shows while it runs, in ``console.py``: Ray's own progress output (a box per trial, a
+table every 30 s) is off unless ``ray_output`` asks for it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Optional
+from unittest import mock
 
 import optuna
 import pyarrow.fs
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
+from rich.console import Console
 
 from tuner.cluster.connect import start_ray
 from tuner.errors import UserError
 from tuner.places import SearchPlaces
 from tuner.redact import redact
+from tuner.search.console import SearchConsole
 from tuner.search.schedulers import build_scheduler
 from tuner.search.searcher import build_searcher, fail_orphaned_trials, optuna_storage_url
 from tuner.search.space import grid_size
@@ -34,12 +40,35 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def trial_budget(spec: SearchSpec) -> int:
+    """How many trials the search runs: a grid search runs its grid exactly once, whatever
+    budget.num_samples says."""
+    return grid_size(spec.space) if spec.sampler.name == "grid" else spec.budget.num_samples
+
+
+def _verbosity(ray_output: bool) -> int:
+    return 1 if ray_output else 0  # Ray's: 1 prints its experiment box, trial boxes and status tables
+
+
+# Without ray_output, what verbose=0 leaves of Ray's output goes too (all read when ``fit`` starts):
+# the new output engine prints its experiment box and result paths at any verbosity (the legacy one,
+# at 0, prints nothing); the controller logs each failed trial's whole traceback (the console prints
+# its last line and the error file instead); and short epochs make Ray warn, 3 lines each time, that
+# the experiment snapshots our checkpoint_config forces "may become a bottleneck".
+QUIET_RAY_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
 def _trainable(spec: SearchSpec, function: Callable[[dict], None]):
     return tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
-                *, experiment: Optional[tuple[str, str]] = None,
+                *, console: SearchConsole, ray_output: bool = False,
+                experiment: Optional[tuple[str, str]] = None,
                 trainable: Callable[[dict], None] = tune_trainable,
                 stop: Optional[tune.Stopper] = None) -> tune.Tuner:
     """The Ray Tune Tuner of a search. ``trainable`` is the shared trainable; benchmarks and tests
@@ -54,8 +83,7 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
             scheduler=build_scheduler(spec.scheduler.name, metric=spec.metric, mode=spec.mode,
                                       epochs=spec.epochs, options=spec.scheduler.options),
-            # A grid search runs its grid exactly once, whatever budget.num_samples says.
-            num_samples=grid_size(spec.space) if spec.sampler.name == "grid" else spec.budget.num_samples,
+            num_samples=trial_budget(spec),
             time_budget_s=spec.budget.time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
@@ -63,7 +91,7 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[tracking],
+            callbacks=[tracking, console],
             stop=stop,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2,  # the best by metric (for promote) and Ray keeps the latest (resume)
@@ -72,7 +100,7 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
             ),
             # A trial may lose its node (spot reclaim) a few times and still resume from its checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
-            verbose=1,
+            verbose=_verbosity(ray_output),
         ),
     )
 
@@ -125,18 +153,20 @@ def _first_line(err: BaseException) -> str:
 
 def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
                *, address: Optional[str] = None, experiment: Optional[tuple[str, str]] = None,
-               trainable: Callable[[dict], None] = tune_trainable, stop: Optional[tune.Stopper] = None):
+               trainable: Callable[[dict], None] = tune_trainable, stop: Optional[tune.Stopper] = None,
+               ray_output: bool = False, screen: Optional[Console] = None):
     """Runs a search to its end. ``experiment`` = (storage path, Ray experiment name) for a
-    ``--more`` extension, which is a new Ray experiment continuing the same Optuna study."""
+    ``--more`` extension, which is a new Ray experiment continuing the same Optuna study.
+    ``screen``: where the console writes (default: stdout)."""
     start_ray(address)
-    tuner = build_tuner(spec, places, tracking, experiment=experiment, trainable=trainable, stop=stop)
-    try:
-        return tuner.fit()
-    finally:
-        fail_orphaned_trials(spec, places)
+    console = SearchConsole(spec, budget=trial_budget(spec), console=screen)
+    tuner = build_tuner(spec, places, tracking, console=console, ray_output=ray_output,
+                        experiment=experiment, trainable=trainable, stop=stop)
+    return _fit(tuner, console, spec, places, ray_output=ray_output)
 
 
-def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[str] = None):
+def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[str] = None,
+                  ray_output: bool = False, screen: Optional[Console] = None):
     """Continues a search whose driver died: unfinished trials resume from their checkpoints, the
     searcher and the MLflow callback come back from the experiment state (same runs, same study)."""
     path = places.search_dir(spec.name)
@@ -150,7 +180,28 @@ def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[s
         path, trainable=_trainable(spec, tune_trainable), resume_unfinished=True, resume_errored=True,
         param_space=spec.base_config(),
     )
+    console = SearchConsole(spec, budget=trial_budget(spec), console=screen)
+    _show_on_this_console(tuner, console, ray_output=ray_output)
+    return _fit(tuner, console, spec, places, ray_output=ray_output)
+
+
+def _fit(tuner: tune.Tuner, console: SearchConsole, spec: SearchSpec, places: SearchPlaces,
+         *, ray_output: bool):
     try:
-        return tuner.fit()
+        # Set for this fit only, then put back as they were (patch.dict restores os.environ).
+        with mock.patch.dict(os.environ, {} if ray_output else QUIET_RAY_ENV):
+            return tuner.fit()
     finally:
+        console.close()  # a driver interrupted mid-search gives the terminal back as it was
         fail_orphaned_trials(spec, places)
+
+
+def _show_on_this_console(tuner: tune.Tuner, console: SearchConsole, *, ray_output: bool) -> None:
+    """A restored Tuner runs with the RunConfig pickled when the search started: its console
+    (none, for a search started before there was one) and its Ray verbosity. This resume's own take
+    their place. Ray has no public way to change a restored RunConfig: ``get_run_config`` of its
+    TunerInternal hands out the very one ``fit`` reads."""
+    run_config = tuner._local_tuner.get_run_config()
+    kept = [c for c in run_config.callbacks or [] if not isinstance(c, SearchConsole)]
+    run_config.callbacks = [*kept, console]
+    run_config.verbose = _verbosity(ray_output)

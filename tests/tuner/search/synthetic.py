@@ -90,3 +90,25 @@ def max_overlap(root: Path) -> int:
         running += change
         best = max(best, running)
     return best
+
+
+def start_ray_session(events: Path, **resources) -> None:
+    """A local Ray whose workers run ``synthetic_trial`` and write their events under ``events``.
+    ``resources``: Ray's logical ``num_cpus``/``num_gpus`` (what it schedules, not the hardware)."""
+    import sys
+
+    import ray
+
+    os.environ[EVENTS_ENV] = str(events)
+    set_hold(events)
+    # Workers must unpickle the test trainable without this test package on their path.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+             **resources)
+
+
+def stop_ray_session() -> None:
+    import ray
+
+    ray.shutdown()
+    os.environ.pop(EVENTS_ENV, None)

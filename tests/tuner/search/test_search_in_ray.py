@@ -7,13 +7,10 @@ search path itself is what runs: one Ray session for the module, one small searc
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 
 import optuna
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -40,16 +37,9 @@ SPACE_FOR_KINDS = {
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory):
     events = tmp_path_factory.mktemp("events")
-    os.environ[synthetic.EVENTS_ENV] = str(events)
-    synthetic.set_hold(events)
-    # Workers must unpickle the test trainable without this test package on their path.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[synthetic.__name__])
-    # 8 logical CPUs and one logical GPU: the shares are what Ray schedules, not the hardware.
-    ray.init(address="local", num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    synthetic.start_ray_session(events, num_cpus=8, num_gpus=1)  # 8 CPUs and a GPU, logical
     yield events
-    ray.shutdown()
-    del os.environ[synthetic.EVENTS_ENV]
+    synthetic.stop_ray_session()
 
 
 def spec_and_places(tmp_path, name: str, **raw):
