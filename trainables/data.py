@@ -234,6 +234,20 @@ def build_splits(
     return Splits(chosen, val, dict(train.class_to_idx), full, train_paths, val_paths, caches)
 
 
+def class_counts(dataset: Dataset, num_classes: int) -> list[int]:
+    """Images per class index of a split as a trial sees it: a seeded ``Subset`` counts only its
+    own images. Read from the labels the folder listing (or cache manifest) already holds, never by
+    decoding an image; a file that later turns out unreadable is still counted (it is rare, and
+    the count is the class frequency the trial was given, which is what a prior shift needs)."""
+    indices = None
+    if isinstance(dataset, Subset):
+        indices, dataset = dataset.indices, dataset.dataset
+    targets = np.asarray(dataset.targets, dtype=np.int64)  # RobustImageFolder and the cache alike
+    if indices is not None:
+        targets = targets[np.asarray(indices, dtype=np.int64)]
+    return [int(n) for n in np.bincount(targets, minlength=num_classes)]
+
+
 def _open_split(folder: str, transform, cache_size: Optional[int], caches: dict, name: str) -> Dataset:
     if cache_size is not None:
         try:

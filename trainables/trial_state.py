@@ -22,8 +22,8 @@ import torch
 
 from trainables.checkpoint import CheckpointError, restore_rng_state, rng_state
 from trainables.config import ConfigError, TrialConfig
-from trainables.data import (RobustImageFolder, Splits, build_splits, estimate_channel_stats,
-                             make_loader)
+from trainables.data import (RobustImageFolder, Splits, build_splits, class_counts,
+                             estimate_channel_stats, make_loader)
 from trainables.ema import WeightAverage
 from trainables.engine import EvalStats, TrainStats, evaluate, train_one_epoch
 from trainables.mixing import BatchMixer
@@ -89,6 +89,9 @@ class TrialState:
         self.splits = self._build_splits(normalisation)
         self.class_names = [c for c, _ in sorted(self.splits.class_to_idx.items(), key=lambda kv: kv[1])]
         self.num_classes = len(self.class_names)
+        # Images per class index of what this trial trains on (after train_subset): recorded in every
+        # checkpoint, so a prediction can later re-weight the softmax to another class prior.
+        self.class_counts = class_counts(self.splits.train, self.num_classes)
         self.model = build_model(
             config.arch, num_classes=self.num_classes, image_size=config.image_size,
             width=config.width, growth_rate=config.growth_rate, pretrained=config.pretrained,
@@ -227,7 +230,8 @@ class TrialState:
 
     def checkpoint_content(self, epoch: int, history: list[dict]) -> dict:
         """``model``: the raw weights (training resumes from them); ``ema``: the averaged ones, which
-        inference prefers when present."""
+        inference prefers when present. ``class_counts``: training images per class index (a plain
+        list of ints); checkpoints written before it was recorded lack it, and resume ignores it."""
         extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return {
             **extra,
@@ -240,6 +244,7 @@ class TrialState:
             "config": self.config.to_dict(),
             "class_to_idx": self.splits.class_to_idx,
             "normalisation": self.normalisation,
+            "class_counts": list(self.class_counts),
         }
 
     def restore(self, content: dict, *, source) -> tuple[int, list[dict]]:
