@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(data_commands)  # demo, download, stats, split, cache
     diagnose.register_preview(data_commands)  # preview-augment
     search.register(sub)  # search, resume, status, flush, train
-    results.register(sub)  # leaderboard, promote, predict, ui, report, score
+    results.register(sub)  # leaderboard, promote, predict, evaluate, ui, report, score
     diagnose.register(sub)  # diagnose batch-size / lr-range / overfit
     return parser
 
