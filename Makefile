@@ -31,6 +31,8 @@ demo: $(STAMP)
 	@echo "MLflow data: $(CURDIR)/mlflow.db (runs), $(CURDIR)/mlruns (artifacts), $(CURDIR)/runs (checkpoints)"
 	@echo "Open the leaderboard:  make ui   (= tuner ui $(DEMO_NAME), on http://127.0.0.1:5000)"
 	@echo "The search's report:   $(CURDIR)/runs/$(DEMO_NAME)/report/index.html"
+	@echo "The last mile:         $(TUNER) promote $(DEMO_NAME) --ensemble 3 --tta flips --model-name demo-ensemble"
+	@echo "                       $(TUNER) evaluate models:/demo-ensemble@champion --images $(DEMO_DATA)/test --key $(DEMO_DATA)/test_labels.csv --tta none,flips"
 
 # The MLflow UI on 127.0.0.1, opened on the last demo search's leaderboard.
 ui: $(STAMP)
