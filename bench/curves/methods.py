@@ -339,6 +339,48 @@ _candidate("tpe-indep+asha", "univariate TPE (Optuna's default) + ASHA (grace 1,
            {"name": "tpe", "options": {"multivariate": False}}, None)
 
 
+def register_hyperband_scheduler() -> None:
+    """Adds Ray's asynchronous HyperBand (ASHA with several brackets) to the product's scheduler
+    registry, for this process only, as ``hyperband-bench``. Ray assigns a trial to a bracket with
+    numpy's global generator (bracket s gets weight e^(rungs of s)): the candidate seeds it per seed."""
+    from tuner.search.options import Option
+    from tuner.search.schedulers import SCHEDULERS, SchedulerEntry
+
+    if "hyperband-bench" in SCHEDULERS:
+        return
+
+    def build(b):
+        from ray.tune.schedulers import AsyncHyperBandScheduler
+
+        return AsyncHyperBandScheduler(
+            time_attr="training_iteration", metric=b.metric, mode=b.mode, max_t=b.epochs,
+            grace_period=min(b.options["grace_period"], b.epochs),
+            reduction_factor=b.options["reduction_factor"], brackets=b.options["brackets"])
+
+    SCHEDULERS.register("hyperband-bench")(SchedulerEntry(
+        build=build, summary="Ray's AsyncHyperBandScheduler (benchmark)", stops_early=True,
+        options={"grace_period": Option(int, 1, minimum=1), "reduction_factor": Option(float, 3, minimum=2),
+                 "brackets": Option(int, 3, minimum=1)}))
+
+
+def _hyperband_candidate(brackets: int) -> None:
+    name = f"tpe+hb-b{brackets}"
+
+    def run(bench, seed):
+        import numpy as np
+
+        register_hyperband_scheduler()
+        np.random.seed(seed)  # Ray's bracket draw
+        return real_driver(bench, seed, bench_spec(bench, seed, name, scheduler={
+            "name": "hyperband-bench", "grace_period": 1, "reduction_factor": 3, "brackets": brackets}))
+
+    method(name, f"TPE + asynchronous HyperBand, {brackets} brackets (grace 1, rf 3)")(run)
+
+
+for _brackets in (2, 3):
+    _hyperband_candidate(_brackets)
+
+
 def register_gp_sampler() -> None:
     """Adds Optuna's GPSampler to the product's sampler registry, for this process only."""
     from tuner.search.samplers import SAMPLERS, SamplerEntry
