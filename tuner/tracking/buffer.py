@@ -10,7 +10,8 @@ line each, in a warning, and stays in the file. Operations MLflow refuses outrig
 invalid value) are set aside in ``mlflow_rejected.jsonl`` with a warning: they would never succeed.
 
 Replays are idempotent: a run is created only when none with the same (search uid, kind, trial) tags
-exists; MLflow drops a metric identical in (key, value, step, timestamp); params and tags are
+exists (looked up only for an operation an earlier attempt may have sent: one read from the file or
+tried before; a fresh one cannot have created anything); MLflow drops a metric identical in (key, value, step, timestamp); params and tags are
 re-set to the same values; artifacts overwrite themselves. Operations name their run by *target*
 ("search" or a Ray trial id), resolved to a run id when sent, so a run created late is still right.
 """
@@ -58,6 +59,9 @@ class TrackingWriter:
         self.search_name = search_name
         self.state: dict = self._load_state()
         self.pending: list[dict] = self._load_pending()
+        # Operations recorded by this process and never sent: no earlier attempt can have reached
+        # MLflow, so creating their run needs no search for one (a query that grows with the runs).
+        self._never_sent: set[int] = set()
         self.rejected: list[str] = []
         self._client = None
         self._retry_at = 0.0
@@ -114,6 +118,7 @@ class TrackingWriter:
     def record(self, op: dict) -> None:
         """Writes ``op`` ahead to the pending file, then sends whatever the queue holds."""
         self.pending.append(op)
+        self._never_sent.add(id(op))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.pending_path, "a") as handle:
             handle.write(json.dumps(op) + "\n")
@@ -127,8 +132,10 @@ class TrackingWriter:
             return False
         sent = 0
         for op in list(self.pending):
+            first_attempt = id(op) in self._never_sent
+            self._never_sent.discard(id(op))  # from now on, an attempt may have reached MLflow
             try:
-                self.apply(op)
+                self.apply(op, first_attempt=first_attempt)
             except Exception as err:  # classified below: retried later, or refused for good
                 if isinstance(err, Refused) or not is_transient(err):
                     self._reject(op, err)
@@ -171,12 +178,12 @@ class TrackingWriter:
         return unsent
 
     # --- one operation ---
-    def apply(self, op: dict) -> None:
+    def apply(self, op: dict, *, first_attempt: bool = False) -> None:
         kind = op["op"]
         if kind == "experiment":
             self._apply_experiment(op)
         elif kind == "create_run":
-            self._apply_create(op)
+            self._apply_create(op, first_attempt=first_attempt)
         else:
             run_id = self.run_id(op["target"])
             if run_id is None:
@@ -213,7 +220,7 @@ class TrackingWriter:
         self.state["experiment_id"] = experiment_id
         self.save_state()
 
-    def _apply_create(self, op: dict) -> None:
+    def _apply_create(self, op: dict, *, first_attempt: bool = False) -> None:
         target = op["target"]
         run_id = self.run_id(target)
         if run_id is None:
@@ -226,7 +233,8 @@ class TrackingWriter:
                 if parent is None:
                     raise Refused("the search's parent run was never created")
                 tags[PARENT_TAG] = parent
-            run_id = self._find_run(experiment_id, tags) or self.client.create_run(
+            earlier = None if first_attempt else self._find_run(experiment_id, tags)
+            run_id = earlier or self.client.create_run(
                 experiment_id, run_name=op["run_name"], tags=tags).info.run_id
             if target == SEARCH_TARGET:
                 self.state["parent_run_id"] = run_id

@@ -205,7 +205,10 @@ class MlflowTracking(Callback):
         return self._fingerprints[key]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        first_start = not (self.state["trials"].get(trial.trial_id) or {}).get("recorded")
         entry = self._ensure_child(trial)
+        if first_start:  # just created RUNNING, with its RUNNING tag: two more writes would repeat it
+            return
         if entry.get("status") != RUNNING:  # restarted after a failure or a restore
             entry["status"] = RUNNING
             self.writer.save_state()

@@ -37,3 +37,30 @@ def test_a_replayed_queue_uploads_and_deletes_only_folders_in_its_staging_area(t
     client = MlflowClient(uri)
     run_id = writer.run_id(SEARCH_TARGET)
     assert [a.path for a in client.list_artifacts(run_id)] == ["spec.yaml"]
+
+
+def test_a_fresh_create_sends_no_search_and_a_replayed_one_never_duplicates(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = tmp_path / "state"
+    writer = TrackingWriter(tracking_uri=uri, state_dir=state, search_name="s")
+    writer.record({"op": "experiment", "name": "s"})
+    searches = []
+    original = MlflowClient.search_runs
+    monkeypatch.setattr(MlflowClient, "search_runs",
+                        lambda self, *a, **k: searches.append(a) or original(self, *a, **k))
+    create = {"op": "create_run", "target": SEARCH_TARGET, "run_name": "s",
+              "tags": {UID_TAG: "u1", KIND_TAG: "search"}}
+    writer.record(dict(create))
+    assert searches == []  # recorded and sent by this process: nothing earlier to look for
+    first = writer.run_id(SEARCH_TARGET)
+
+    # The driver dies after MLflow created the run but before its id was saved: the next process
+    # finds the create in the queue file, and must find the run instead of creating a second one.
+    (state / "tuner_mlflow_runs.json").write_text(json.dumps({"experiment_id": writer.state["experiment_id"]}))
+    with open(writer.pending_path, "a") as queue:
+        queue.write(json.dumps(create) + "\n")
+    assert replay(tracking_uri=uri, state_dir=state, search_name="s") == []
+    assert len(searches) == 1
+    experiment = MlflowClient(uri).get_experiment_by_name("s")
+    runs = original(MlflowClient(uri), [experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [first]

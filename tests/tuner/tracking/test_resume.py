@@ -73,10 +73,11 @@ def test_unreachable_store_warns_with_every_unsent_write_then_replays(team_searc
     with caplog.at_level(logging.WARNING, logger="tuner.tracking.buffer"):
         drive(make_tracking(dead, state_dir, team_search.work / "team.yaml"), trials, results)
     unsent = pending_writes(state_dir)
-    # setup: experiment + parent + spec; per trial: create, running tag+status, 1 per epoch,
-    # final tags, artifacts, status; the end: summary + status.
+    # setup: experiment + parent + spec; per trial: create (the run starts RUNNING, with its
+    # RUNNING tag: a first start sends nothing more), 1 per epoch, final tags, artifacts, status;
+    # the end: summary + status.
     epochs = sum(len(rows) for rows in results.values())
-    assert unsent == 3 + len(trials) * 6 + epochs + 2
+    assert unsent == 3 + len(trials) * 4 + epochs + 2
     warning = next(r.getMessage() for r in caplog.records if "are NOT in MLflow" in r.getMessage())
     assert f"{unsent} writes of search {SEARCH} are NOT in MLflow" in warning
     assert warning.count("\n  [") == unsent and "tuner resume team" in warning
