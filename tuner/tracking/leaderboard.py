@@ -73,18 +73,26 @@ def searched_params(parent) -> list[str]:
     return names or list(FALLBACK_PARAMS)
 
 
-def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, *,
+               best_first: Optional[tuple[str, str]] = None, limit: Optional[int] = None) -> list:
+    """The search's trial runs; ``best_first`` (metric key, mode) with ``limit``: only the best
+    ``limit`` of them, sorted by the store (runs without the metric last, as MLflow sorts missing
+    values), so ``--top 10`` of a 1,000-trial search reads 10 runs, not 1,000."""
+    order_by = None
+    if best_first is not None:
+        key, mode = best_first
+        order_by = [f"metrics.`{key}` {'DESC' if mode == 'max' else 'ASC'}", "attributes.start_time ASC"]
     runs, token = [], None
     while True:
         page = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{KIND_TAG}` = 'trial'",
-            max_results=PAGE, page_token=token,
+            max_results=min(PAGE, limit) if limit else PAGE, page_token=token, order_by=order_by,
         )
         runs.extend(page)
         token = page.token
-        if not token:
-            return runs
+        if not token or (limit and len(runs) >= limit):
+            return runs[:limit] if limit else runs
 
 
 def load_board(client: MlflowClient, name: str, *, top: Optional[int] = None) -> Board:
@@ -92,10 +100,11 @@ def load_board(client: MlflowClient, name: str, *, top: Optional[int] = None) ->
         raise UserError(f"--top: must be >= 1, got {top}")
     with tracking_errors(client.tracking_uri):
         experiment, parent = find_search(client, name)
-        runs = trial_runs(client, experiment.experiment_id, parent.info.run_id)
-    metric = parent.data.params.get("metric", "val_acc")
-    mode = parent.data.params.get("mode", "max")
-    key, names = f"best_{metric}", searched_params(parent)
+        metric = parent.data.params.get("metric", "val_acc")
+        mode = parent.data.params.get("mode", "max")
+        key, names = f"best_{metric}", searched_params(parent)
+        runs = trial_runs(client, experiment.experiment_id, parent.info.run_id,
+                          best_first=(key, mode) if top else None, limit=top)
 
     def order(run) -> tuple:
         value = run.data.metrics.get(key)

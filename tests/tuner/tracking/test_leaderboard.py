@@ -43,6 +43,14 @@ def test_csv_top_k_and_table(team_search):
     assert table.index(rows[0]["trial"]) < table.index(rows[1]["trial"])
 
 
+def test_top_k_reads_the_same_best_runs_the_full_board_ranks_first(team_client):
+    from tuner.tracking.leaderboard import load_board
+
+    full = load_board(team_client, "team")
+    for k in range(1, len(full.entries) + 1):
+        assert load_board(team_client, "team", top=k).entries == full.entries[:k]
+
+
 def test_bad_input_is_one_line_and_status_2(team_search, tmp_path):
     uri = team_search.server.uri
     assert_user_error(run_cli("leaderboard", "nope", "--tracking-uri", uri), "no search named 'nope'")
