@@ -148,6 +148,8 @@ def write_model_card(checkpoint: Path, out: Path) -> dict:
         },
         "config": config,
         "epoch": content.get("epoch"),
+        # Training images per class index (prior-shift calibration); None from older checkpoints.
+        "class_counts": content.get("class_counts"),
     }
     out.write_text(json.dumps(card, indent=1, default=str))
     return card
