@@ -132,3 +132,20 @@ def test_log_loss_selection_can_prefer_a_less_accurate_but_honest_member():
     assert by_loss.picks == [1] and by_loss.steps[0]["log_loss"] == pytest.approx(log_loss(modest, labels))
     with pytest.raises(ValueError, match="select_by must be one of accuracy, log-loss"):
         greedy_select(probs, labels, 1, select_by="auc")
+
+
+def test_members_with_other_classes_cannot_be_combined():
+    from types import SimpleNamespace
+
+    from tuner.errors import UserError
+    from tuner.lastmile.ensemble import Ensemble, Member
+
+    def member(trial, names):
+        return Member(SimpleNamespace(class_names=names), trial=trial)
+
+    cats = ["bird", "cat", "dog"]
+    Ensemble([member("a", cats), member("b", list(cats))])  # same classes, same order: fine
+    with pytest.raises(UserError, match=r"member c: its classes differ from a's \(missing \['dog'\], extra \['fox'\]\)"):
+        Ensemble([member("a", cats), member("b", cats), member("c", ["bird", "cat", "fox"])])
+    with pytest.raises(UserError, match="same classes in another order"):
+        Ensemble([member("a", cats), member("d", ["cat", "bird", "dog"])])
