@@ -17,11 +17,23 @@ from tuner.terminal import echo  # file names and ids: control characters escape
 TTA_HELP = "none, flips, crops, five-crop, ten-crop, multi-scale, twelve"
 
 
+TABLE_ROWS = 50
+
+
 def cmd_leaderboard(args) -> int:
     from tuner.tracking.store import open_client  # mlflow: the result commands only
     from tuner.tracking.leaderboard import load_board, render  # mlflow: the result commands only
 
-    board = load_board(open_client(resolve_tracking_uri(args.tracking_uri)), args.name, top=args.top)
+    # A terminal table shows the best TABLE_ROWS unless told otherwise (a 1,000-row table is neither
+    # readable nor quick to draw); csv and json, read by scripts, hold every trial.
+    top = args.top
+    if top is None and args.format == "table" and not args.all:
+        top = TABLE_ROWS
+    if args.all and args.top is not None:
+        raise UserError("--top and --all: choose one")
+    board = load_board(open_client(resolve_tracking_uri(args.tracking_uri)), args.name, top=top)
+    if args.top is None and top is not None and len(board.entries) == top:
+        board.note = f"the best {top} trials; --top N or --all for more"
     # As rendered: the table escapes its cells itself; csv and json are data for scripts, kept as
     # written (csv cells formula-escaped, json escapes control characters; csv's \r\n line ends stay).
     print(render(board, args.format), end="")
@@ -136,7 +148,8 @@ def cmd_score(args) -> int:
 def register(sub) -> None:
     board = sub.add_parser("leaderboard", help="ranked trials of a search")
     board.add_argument("name")
-    board.add_argument("--top", type=int, help="show only the best N")
+    board.add_argument("--top", type=int, help=f"show only the best N (table default: {TABLE_ROWS})")
+    board.add_argument("--all", action="store_true", help="every trial in the table")
     board.add_argument("--format", choices=("table", "csv", "json"), default="table")
     add_tracking(board)
     board.set_defaults(func=cmd_leaderboard)

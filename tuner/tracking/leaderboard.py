@@ -52,6 +52,7 @@ class Board:
     mode: str
     param_names: list[str]
     entries: list[Entry]
+    note: Optional[str] = None  # shown under the table (e.g. that it is cut to the best N)
 
 
 def find_search(client: MlflowClient, name: str):
@@ -160,6 +161,8 @@ def _rich_table(board: Board) -> str:
         table.add_row(*map(_text, cells))
     if not board.entries:
         table.caption = "no trial has started yet"
+    elif board.note:
+        table.caption = _text(board.note)
     console = Console(width=180, record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
