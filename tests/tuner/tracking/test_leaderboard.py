@@ -51,6 +51,22 @@ def test_top_k_reads_the_same_best_runs_the_full_board_ranks_first(team_client):
         assert load_board(team_client, "team", top=k).entries == full.entries[:k]
 
 
+def test_the_table_shows_the_best_rows_unless_told_and_says_so(team_search, monkeypatch):
+    import tuner.cli.results
+
+    uri = team_search.server.uri
+    board = json.loads(run_cli("leaderboard", "team", "--tracking-uri", uri, "--format", "json").stdout)
+    monkeypatch.setattr(tuner.cli.results, "TABLE_ROWS", 2)
+    table = run_cli("leaderboard", "team", "--tracking-uri", uri).stdout
+    assert [e["trial"] in table for e in board] == [True, True, False, False]
+    assert "the best 2 trials; --top N or --all for more" in table
+    every = run_cli("leaderboard", "team", "--all", "--tracking-uri", uri).stdout
+    assert all(e["trial"] in every for e in board) and "--all for more" not in every
+    assert len(json.loads(run_cli("leaderboard", "team", "--tracking-uri", uri, "--format", "json").stdout)) == 4
+    assert_user_error(run_cli("leaderboard", "team", "--all", "--top", "2", "--tracking-uri", uri),
+                      "--top and --all: choose one")
+
+
 def test_bad_input_is_one_line_and_status_2(team_search, tmp_path):
     uri = team_search.server.uri
     assert_user_error(run_cli("leaderboard", "nope", "--tracking-uri", uri), "no search named 'nope'")
