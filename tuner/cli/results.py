@@ -159,6 +159,41 @@ def register(sub) -> None:
     prom.add_argument("--trial", help="trial id to promote (default: the best)")
     prom.add_argument("--alias", default="champion")
     prom.add_argument("--model-name", help="registered model name (default: the search name)")
+    _add_ensemble_options(prom)
+    add_tracking(prom)
+    prom.set_defaults(func=cmd_promote)
+
+    pred = sub.add_parser("predict", help="write a submission CSV id,predicted")
+    pred.add_argument("model_uri", help="models:/NAME@champion, runs:/…, or a checkpoint path")
+    pred.add_argument("--images", required=True, help="folder of test images named <id>.<ext>")
+    pred.add_argument("--out", required=True, help="CSV to write")
+    pred.add_argument("--tta", help=f"test-time views: {TTA_HELP} (default: as promoted)")
+    pred.add_argument("--batch-size", type=int, default=64, help="images decoded and predicted at once")
+    pred.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking(pred)
+    pred.set_defaults(func=cmd_predict)
+
+    _register_evaluate(sub)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1, opened on a search's leaderboard")
+    ui.add_argument("name", nargs="?", help="search to open (default: the list of experiments)")
+    ui.add_argument("--port", type=int, default=5000, help="local port (default: 5000)")
+    add_tracking(ui)
+    ui.set_defaults(func=cmd_ui)
+
+    report = sub.add_parser("report", help="a search's report: one offline HTML page with its figures")
+    report.add_argument("name")
+    report.add_argument("--storage", help="Ray storage path the search was started with")
+    report.set_defaults(func=cmd_report)
+
+    score = sub.add_parser("score", help="top-1 accuracy of a submission against an answer key")
+    score.add_argument("submission")
+    score.add_argument("--key", required=True, help="CSV id,label")
+    score.set_defaults(func=cmd_score)
+
+
+def _add_ensemble_options(prom) -> None:
     last = prom.add_argument_group("ensemble (docs/lastmile.md)")
     last.add_argument("--ensemble", type=int, metavar="K",
                       help="register ONE model combining K trials chosen by greedy forward selection")
@@ -176,20 +211,9 @@ def register(sub) -> None:
     last.add_argument("--candidates", type=int, help="the leaderboard's best N trials considered (default: 10)")
     last.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     last.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_tracking(prom)
-    prom.set_defaults(func=cmd_promote)
 
-    pred = sub.add_parser("predict", help="write a submission CSV id,predicted")
-    pred.add_argument("model_uri", help="models:/NAME@champion, runs:/…, or a checkpoint path")
-    pred.add_argument("--images", required=True, help="folder of test images named <id>.<ext>")
-    pred.add_argument("--out", required=True, help="CSV to write")
-    pred.add_argument("--tta", help=f"test-time views: {TTA_HELP} (default: as promoted)")
-    pred.add_argument("--batch-size", type=int, default=64, help="images decoded and predicted at once")
-    pred.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    pred.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_tracking(pred)
-    pred.set_defaults(func=cmd_predict)
 
+def _register_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="accuracy, top-5, per class and confusion of a model on labelled images")
     ev.add_argument("model_uri", help="models:/NAME@champion, runs:/…, or a checkpoint path")
     ev.add_argument("--images", required=True, help="VAL/<class>/<image>, or a flat folder with --key")
@@ -204,19 +228,3 @@ def register(sub) -> None:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking(ev)
     ev.set_defaults(func=cmd_evaluate)
-
-    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1, opened on a search's leaderboard")
-    ui.add_argument("name", nargs="?", help="search to open (default: the list of experiments)")
-    ui.add_argument("--port", type=int, default=5000, help="local port (default: 5000)")
-    add_tracking(ui)
-    ui.set_defaults(func=cmd_ui)
-
-    report = sub.add_parser("report", help="a search's report: one offline HTML page with its figures")
-    report.add_argument("name")
-    report.add_argument("--storage", help="Ray storage path the search was started with")
-    report.set_defaults(func=cmd_report)
-
-    score = sub.add_parser("score", help="top-1 accuracy of a submission against an answer key")
-    score.add_argument("submission")
-    score.add_argument("--key", required=True, help="CSV id,label")
-    score.set_defaults(func=cmd_score)

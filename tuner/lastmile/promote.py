@@ -114,8 +114,11 @@ def promote(
         checkpoint = fetch_checkpoint(location, chosen.trial, Path(tmp) / "checkpoint")
         card_file = Path(tmp) / "model_card.json"
         card = write_model_card(checkpoint, card_file)
-        previous = _alias_version(client, name, alias)
-        info = _log_model(client, chosen.run_id, checkpoint, card_file, card, name)
+        previous = alias_version(client, name, alias)
+        info = log_code_model(
+            client, chosen.run_id, name="model", model_name=name, code=MODEL_CODE,
+            artifacts={"checkpoint": checkpoint, "model_card": card_file},
+            metadata={"class_names": card["class_names"], "preprocessing": card["preprocessing"]})
         version = str(info.registered_model_version)
         lineage = {
             "tuner.search": search, "tuner.trial_id": chosen.trial, "tuner.run_id": chosen.run_id,
@@ -155,16 +158,17 @@ def write_model_card(checkpoint: Path, out: Path) -> dict:
     return card
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]:
+def alias_version(client: MlflowClient, name: str, alias: str) -> Optional[str]:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:  # no such model or alias yet
         return None
 
 
-def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: Path, card: dict,
-               name: str):
-    """Logs the pyfunc into the trial's run without re-opening it (a FINISHED run stays FINISHED)."""
+def log_code_model(client: MlflowClient, run_id: str, *, name: str, model_name: str, code: Path,
+                   artifacts: dict, metadata: dict):
+    """Logs a pyfunc "model from code" (``code``: its source file, nothing pickled) into ``run_id``
+    without re-opening the run (a FINISHED run stays FINISHED) and registers it as ``model_name``."""
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client._registry_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -174,17 +178,11 @@ def _log_model(client: MlflowClient, run_id: str, checkpoint: Path, card_file: P
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        return _log_pyfunc(run_id, checkpoint, card_file, card, name)
+        return Model.log(
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+            python_model=str(code), artifacts={k: str(v) for k, v in artifacts.items()},
+            registered_model_name=model_name, metadata=metadata,
+            pip_requirements=["torch", "torchvision", "pillow", "pandas"],
+        )
     finally:
         quiet.setLevel(level)
-
-
-def _log_pyfunc(run_id: str, checkpoint: Path, card_file: Path, card: dict, name: str):
-    return Model.log(
-        artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=str(MODEL_CODE),  # a path: models from code, nothing pickled
-        artifacts={"checkpoint": str(checkpoint), "model_card": str(card_file)},
-        registered_model_name=name,
-        metadata={"class_names": card["class_names"], "preprocessing": card["preprocessing"]},
-        pip_requirements=["torch", "torchvision", "pillow", "pandas"],
-    )

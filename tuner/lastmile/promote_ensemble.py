@@ -18,17 +18,13 @@ member whose checkpoint is gone or whose classes differ is one line (exit 2) and
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import mlflow
 import torch
-from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
@@ -40,7 +36,7 @@ from tuner.lastmile.ensemble import (
 from tuner.lastmile.images import class_indices, decoded_batches, labelled_images
 from tuner.lastmile.loading import ENSEMBLE_CARD, load_member_classifier
 from tuner.lastmile.predict import check_tta
-from tuner.lastmile.promote import _alias_version, check_names, fetch_checkpoint
+from tuner.lastmile.promote import alias_version, check_names, fetch_checkpoint, log_code_model
 from tuner.lastmile.selection import SELECT_BY, accuracy, greedy_select, split_halves
 from tuner.tracking.leaderboard import Entry, find_search, load_board
 from tuner.tracking.store import tracking_errors
@@ -123,8 +119,10 @@ def promote_ensemble(client: MlflowClient, search: str, options: EnsembleOptions
                      val_dir)
         model_dir = _model_folder(Path(tmp) / "ensemble", card, chosen.weights, locations)
         _, parent = find_search(client, search)
-        previous = _alias_version(client, name, alias)
-        info = _log_model(client, parent.info.run_id, model_dir, name)
+        previous = alias_version(client, name, alias)
+        info = log_code_model(client, parent.info.run_id, name="ensemble", model_name=name, code=MODEL_CODE,
+                              artifacts={"ensemble": model_dir},
+                              metadata={"kind": "ensemble", "members": len(card["members"])})
         version = str(info.registered_model_version)
         tags = {"tuner.search": search, "tuner.kind": "ensemble", "tuner.run_id": parent.info.run_id,
                 "tuner.metric": "val_acc_heldout_half",
@@ -149,11 +147,12 @@ def _load_candidates(client: MlflowClient, entries: list[Entry], folder: Path, d
 
 def _candidate_probabilities(members: list[Member], paths: list[Path], options: EnsembleOptions):
     """([candidates, N, classes] softmaxes over the readable images, indices of those images)."""
+    candidates = Ensemble(members)
     chunks, kept = [], []
     with tqdm(total=len(paths), unit="img", desc="validate candidates", disable=not options.progress) as bar:
         for positions, images, missed in decoded_batches(paths, options.batch_size):
             if images:
-                chunks.append(Ensemble(members).member_probabilities(images, options.tta))
+                chunks.append(candidates.member_probabilities(images, options.tta))
                 kept.extend(positions)
             bar.update(len(positions) + len(missed))
     if not kept:
@@ -211,24 +210,3 @@ def _model_folder(folder: Path, card: dict, weights: dict[int, float], checkpoin
         shutil.copyfile(checkpoints[index], folder / f"member-{n}.pt")
     (folder / ENSEMBLE_CARD).write_text(json.dumps(card, indent=1, default=str))
     return folder
-
-
-def _log_model(client: MlflowClient, run_id: str, model_dir: Path, name: str):
-    """Logs the pyfunc into the search's parent run without re-opening it."""
-    mlflow.set_tracking_uri(client.tracking_uri)
-    mlflow.set_registry_uri(client._registry_uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    quiet = logging.getLogger("mlflow.pyfunc")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # no signature to infer, on purpose (as for a single model)
-    try:
-        return Model.log(
-            artifact_path=None, name="ensemble", flavor=mlflow.pyfunc, run_id=run_id,
-            python_model=str(MODEL_CODE),  # a path: models from code, nothing pickled
-            artifacts={"ensemble": str(model_dir)},
-            registered_model_name=name,
-            metadata={"kind": "ensemble", "members": len(list(model_dir.glob("member-*.pt")))},
-            pip_requirements=["torch", "torchvision", "pillow", "pandas"],
-        )
-    finally:
-        quiet.setLevel(level)
