@@ -64,11 +64,16 @@ def test_gpu_workers_scale_from_zero_on_spot(config):
     assert config["max_workers"] >= workers["max_workers"]
 
 
-def test_mlflow_on_the_heads_private_address_never_the_internet(config):
+def test_mlflow_on_the_heads_loopback_only(config):
     start = " ".join(config["head_start_ray_commands"])
     server = re.search(r"mlflow server (.*?)(>|$)", start).group(1)
-    assert "--host $(hostname -I | awk '{print $1}')" in server  # the private address
-    assert "0.0.0.0" not in start
+    # Not even the VPC reaches it: its plain-HTTP login never crosses the network.
+    assert re.search(r"--host (\S+)", server).group(1) == "127.0.0.1"
+    assert "0.0.0.0" not in start and "hostname -I" not in start
+    # The drivers (on the head) log to the same loopback address.
+    setup = " ".join(config["head_setup_commands"])
+    for commands in (start, setup):
+        assert set(re.findall(r"TUNER_TRACKING_URI=(\S+)", commands)) == {"http://127.0.0.1:5000"}
     assert "--artifacts-destination s3://" in server
     # Ray's security group opens only SSH to the world; nothing here adds a public rule.
     assert "security_group" not in config["provider"]
