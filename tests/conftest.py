@@ -85,6 +85,15 @@ def warm_torch() -> None:
     import torchvision  # noqa: F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def search_state_key(tmp_path_factory) -> Path:
+    """The drivers of this test session sign their Ray state with a key of their own, not the
+    user's ~/.tuner/state.key (subprocesses inherit the variable)."""
+    path = tmp_path_factory.mktemp("state-key") / "state.key"
+    os.environ["TUNER_STATE_KEY"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-data")

@@ -80,6 +80,18 @@ def test_mlflow_on_the_heads_loopback_only(config):
     assert "--dashboard-host=127.0.0.1" in start
 
 
+def test_the_drivers_state_key_stays_on_the_heads_volume(config):
+    """The key that signs the search state in S3 (tuner/search/seal.py) is made by the drivers on
+    the head, on the volume only the head's container mounts (test_no_worker_node_gets_the_mlflow_
+    password checks the volume); no worker is told of it, or it could sign what it plants."""
+    for commands in (config["head_start_ray_commands"], config["head_setup_commands"]):
+        keys = set(re.findall(r"TUNER_STATE_KEY=([^\s;\"]+)", " ".join(commands)))
+        assert keys == {"/home/ray/tuner-state/state.key"}
+    _, remote = launcher_configs(config)
+    received = json.dumps(what_each_worker_gets(remote))
+    assert "TUNER_STATE_KEY" not in received and "state.key" not in received
+
+
 def node_images(prepared: dict) -> dict[str, str]:
     """The image each node type runs, resolved as Ray's launcher does: the cluster-wide ``docker``
     section updated by the node type's own (autoscaler.py, _get_node_specific_docker_config), then

@@ -30,7 +30,7 @@ def cmd_resume(args) -> int:
 
     check_ray_auth_mode(insecure=args.insecure)
     resume(args.name, more=args.more, storage=args.storage, address=args.address,
-           ray_output=args.ray_output)
+           ray_output=args.ray_output, trust_storage=args.trust_storage)
     return 0
 
 
@@ -78,6 +78,10 @@ def register(sub) -> None:
     resume.add_argument("--more", type=int, help="run N further trials on the same study")
     resume.add_argument("--storage", help="Ray storage path the search was started with")
     resume.add_argument("--address", help="Ray cluster address (default: the one it started with)")
+    resume.add_argument("--trust-storage", action="store_true",
+                        help="let Ray load the search's saved state without checking the driver's "
+                        "seal on it (a search saved by an older tuner, or a lost key): only when "
+                        "nothing but your drivers can write the storage")
     _add_ray_output(resume)
     add_insecure(resume)
     resume.set_defaults(func=cmd_resume)

@@ -88,14 +88,16 @@ def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None
 
 
 def resume(name: str, *, more: Optional[int] = None, storage: Optional[str] = None,
-           address: Optional[str] = None, ray_output: bool = False) -> None:
+           address: Optional[str] = None, ray_output: bool = False, trust_storage: bool = False) -> None:
     """Finishes a search whose driver died, or runs ``more`` further trials on the same study and
-    MLflow parent run (a new Ray experiment inside the search's folder)."""
+    MLflow parent run (a new Ray experiment inside the search's folder). ``trust_storage``: let Ray
+    unpickle the search's state without checking the driver's seal on it."""
     definition, places, spec = load_definition(name, storage)
     address = address or definition.get("address")
     preflight_search(spec, places, address=address)
     if more is None:
-        results = resume_search(spec, places, address=address, ray_output=ray_output)
+        results = resume_search(spec, places, address=address, ray_output=ray_output,
+                                trust_storage=trust_storage)
         print_summary(spec, places, results)
         report_search(spec, places)
         return

@@ -26,6 +26,7 @@ from tuner.places import SearchPlaces
 from tuner.redact import redact
 from tuner.search.console import SearchConsole
 from tuner.search.schedulers import build_scheduler
+from tuner.search.seal import SealedSearchGenerator, seal_tuner_file, verify_search_state
 from tuner.search.searcher import build_searcher, fail_orphaned_trials, optuna_storage_url
 from tuner.search.space import grid_size
 from tuner.spec.model import SearchSpec
@@ -76,11 +77,13 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
     ``stop`` that ends the search once its epoch budget is spent."""
     searcher = build_searcher(spec, places, study_name=spec.name, warm_start=experiment is None)
     storage_path, name = experiment or (places.storage_path, spec.name)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         _trainable(spec, trainable),
         param_space=spec.base_config(),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
+            # Signs Ray's state at every save, so that `tuner resume` unpickles only what a driver wrote.
+            search_alg=SealedSearchGenerator(
+                ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)),
             scheduler=build_scheduler(spec.scheduler.name, metric=spec.metric, mode=spec.mode,
                                       epochs=spec.epochs, options=spec.scheduler.options),
             num_samples=trial_budget(spec),
@@ -103,6 +106,8 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
             verbose=_verbosity(ray_output),
         ),
     )
+    seal_tuner_file(os.path.join(storage_path, name))  # Ray has just written it, before any trial runs
+    return tuner
 
 
 def ensure_new_search(places: SearchPlaces, spec: SearchSpec) -> None:
@@ -166,18 +171,26 @@ def run_search(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
 
 
 def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[str] = None,
-                  ray_output: bool = False, screen: Optional[Console] = None):
+                  ray_output: bool = False, screen: Optional[Console] = None, trust_storage: bool = False,
+                  trainable: Callable[[dict], None] = tune_trainable):
     """Continues a search whose driver died: unfinished trials resume from their checkpoints, the
-    searcher and the MLflow callback come back from the experiment state (same runs, same study)."""
+    searcher and the MLflow callback come back from the experiment state (same runs, same study).
+    Ray unpickles that state: unless ``trust_storage``, every file of it must carry the driver's
+    seal (``seal.py``)."""
     path = places.search_dir(spec.name)
     if not tune.Tuner.can_restore(path):
         raise UserError(f"search {spec.name!r} has no restorable state in {places.storage_path}")
+    if trust_storage:
+        log.warning("search %s: resuming without checking the seal of its Ray state in %s (--trust-storage)",
+                    spec.name, redact(path))
+    else:
+        verify_search_state(path, spec.name)
     # The saved searcher opens the study again by expanding the storage's ${VAR}: an unset one
     # fails here, in one line, before Ray starts and unpickles it.
     optuna_storage_url(spec, places)
     start_ray(address)
     tuner = tune.Tuner.restore(
-        path, trainable=_trainable(spec, tune_trainable), resume_unfinished=True, resume_errored=True,
+        path, trainable=_trainable(spec, trainable), resume_unfinished=True, resume_errored=True,
         param_space=spec.base_config(),
     )
     console = SearchConsole(spec, budget=trial_budget(spec), console=screen)

@@ -7,6 +7,9 @@ search path itself is what runs: one Ray session for the module, one small searc
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
+import pickle
 import uuid
 
 import optuna
@@ -19,9 +22,10 @@ from tests.tuner.search import synthetic
 from tuner.errors import UserError
 from tuner.places import SearchPlaces
 from tuner.search.command import make_tracking
-from tuner.search.driver import run_search
+from tuner.search.driver import resume_search, run_search
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
+from tuner.search.seal import verify_search_state
 from tuner.search.searcher import build_searcher, optuna_storage_url
 from tuner.spec import parse_spec
 
@@ -191,3 +195,38 @@ def test_a_storage_variable_is_expanded_where_opened_never_saved(ray_session, tm
     with pytest.raises(UserError, match=f"environment variable {SECRET_ENV} is not set"):
         later.restore(str(states[-1]))
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+class _Touch:
+    """A pickle that, loaded, creates a file: what a worker that can write the storage could plant."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_resume_unpickles_only_state_the_driver_sealed(ray_session, tmp_path):
+    """Ray's restore loads the newest search_gen_state-*.json (a pickle) it finds in the search's folder. One
+    planted there (a worker's role can write the storage) is refused by name before Ray opens it;
+    with --trust-storage Ray really runs it, which is what the seal is for."""
+    name = "sealed"
+    raw = {"space": {"lr": {"loguniform": [0.01, 0.1]}}, "sampler": {"name": "random", "seed": 0},
+           "scheduler": {"name": "fifo"}}
+    results, _, _ = search(tmp_path, ray_session, name, **raw)
+    assert all(r.error is None for r in results)
+    spec, places = spec_and_places(tmp_path, name, **raw)
+    search_dir = tmp_path / "runs" / name
+    verify_search_state(str(search_dir), name)  # what the driver wrote verifies as it is
+
+    marker = tmp_path / "pwned"
+    planted = search_dir / "search_gen_state-9999-12-31_23-59-59.json"  # sorts last: Ray loads it (a pickle)
+    planted.write_bytes(pickle.dumps(_Touch(marker)))
+    with pytest.raises(UserError, match=f"{planted.name}: not signed .*Ray would unpickle it"):
+        resume_search(spec, places, trainable=synthetic.synthetic_trial)
+    assert not marker.exists()
+
+    with contextlib.suppress(Exception):  # not a search state: Ray may fail after it has run it
+        resume_search(spec, places, trust_storage=True, trainable=synthetic.synthetic_trial)
+    assert marker.exists()
