@@ -51,7 +51,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             echo(f"tuner: warning: {warning}", file=sys.stderr)
         summary = download_images(
             index, out_dir=args.out, workers=args.workers, timeout_s=args.timeout,
-            retries=args.retries, max_side=args.max_side, max_bytes=args.max_bytes,
+            deadline_s=args.deadline, retries=args.retries, max_side=args.max_side, max_bytes=args.max_bytes,
             rewrite_host=args.rewrite_host, allow_loopback=args.allow_loopback,
             allow_private=args.allow_private, progress=not args.quiet,
         )
@@ -132,6 +132,9 @@ def register(data: argparse._SubParsersAction) -> None:
     down.add_argument("--out", required=True, help="ImageFolder root to fill (<label>/<id>.jpg)")
     down.add_argument("--workers", type=int, default=8, help="concurrent downloads (default 8)")
     down.add_argument("--timeout", type=float, default=10.0, help="seconds per connect/read (10)")
+    down.add_argument("--deadline", type=float,
+                      help="seconds one attempt may take in all: connect, headers, every redirect, "
+                      "the body (default 6 x --timeout); a server that drips bytes is cut off here")
     down.add_argument("--retries", type=int, default=3, help="extra attempts on transient errors")
     down.add_argument("--max-side", type=int, help="shrink images to at most this many pixels")
     down.add_argument("--max-bytes", type=int, default=30 * 2**20, help="largest body, bytes")

@@ -147,3 +147,22 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_pat
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tuner: error: ") and message in err[0], err
+
+
+def test_download_deadline_flag_bounds_a_whole_attempt(loopback: Any, small_json: Path,
+                                                       tmp_path: Path, capsys) -> None:
+    """--deadline cuts off a server that drips its headers, which no per-read --timeout catches."""
+    items = load_competition_json(small_json).items[:1]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"images": [{"url": list(items[0].urls), "image_id": items[0].image_id}],
+                               "annotations": [{"image_id": items[0].image_id, "label_id": items[0].label}]}))
+    loopback.routes[path_of(items[0].urls[0])] = Behaviour(kind="drip_headers", delay=0.4, body=jpeg(8, 8, 0))
+    out = tmp_path / "val"
+    code = main(["data", "download", "--json", str(one), "--out", str(out), "--timeout", "5",
+                 "--deadline", "1", "--retries", "0", "--rewrite-host", loopback.base_url,
+                 "--allow-loopback", "--quiet"])
+    assert code == 0 and "failed: 1 (timeout 1)" in capsys.readouterr().out
+    with open(out / "download_failures.csv", newline="") as handle:
+        assert "slower than the 1s deadline" in next(csv.DictReader(handle))["detail"]
+    assert main(["data", "download", "--json", str(one), "--out", str(out), "--deadline", "0"]) == 2
+    assert "deadline" in capsys.readouterr().err
