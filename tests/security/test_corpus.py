@@ -45,6 +45,7 @@ from trainables.models import build_model
 from tuner.cli import main
 from tuner.datasets.competition import CompetitionDataError, load_competition_json
 from tuner.datasets.netguard import BlockedURL, check_url
+from tuner.errors import UserError
 from tuner.lastmile.predict import write_csv_atomically
 from tuner.lastmile.score import score_submission
 from tuner.spec import SpecError, load_spec, parse_spec
@@ -412,6 +413,52 @@ CHECKPOINT_CASES: dict[str, tuple[Callable[[Path], None], list[str]]] = {
 }
 
 
+def _search_folder(folder: Path) -> Path:
+    """A search folder as a driver leaves it, every piece of Ray state signed (tuner/search/seal.py)."""
+    from tuner.search import seal  # imports ray: only these cases need it
+
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"tuner")
+    seal.seal_tuner_file(str(folder))
+    for name in ("experiment_state-1.json", "search_gen_state-1.json", "searcher-state-1.pkl"):
+        (folder / name).write_bytes(name.encode())
+    seal.seal_folder(str(folder), seal.state_key(create=True), {})
+    return folder
+
+
+def _exploit_bytes(folder: Path) -> bytes:
+    return __import__("pickle").dumps(Exploit(folder.parent / "ran.txt"))
+
+
+# What a writer of the storage (a worker's role) could plant for Ray to unpickle on `tuner resume`.
+SEARCH_STATE_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "planted_search_gen_state": (lambda f: (f / "search_gen_state-9999.json").write_bytes(_exploit_bytes(f)),
+                                 "search_gen_state-9999.json: not signed"),
+    "replaced_searcher_state": (lambda f: (f / "searcher-state-1.pkl").write_bytes(_exploit_bytes(f)),
+                                "searcher-state-1.pkl: not signed"),
+    "replaced_experiment_state": (lambda f: (f / "experiment_state-1.json").write_bytes(b"{}"),
+                                  "experiment_state-1.json: not signed"),
+    "replaced_tuner_pkl": (lambda f: (f / "tuner.pkl").write_bytes(_exploit_bytes(f)), "tuner.pkl: not signed"),
+    "planted_callback_states": (lambda f: (f / "callback-states-1.pkl").write_bytes(_exploit_bytes(f)),
+                                "callback-states-1.pkl: not signed"),
+    "seal_removed": (lambda f: (f / "tuner-seal.json").unlink(), "is missing"),
+    "seal_rewritten": (lambda f: (f / "tuner-seal.json").write_text(
+        json.dumps({"files": {}, "previous": {}, "mac": "0" * 64})), "signature does not match"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCH_STATE_CASES))
+def test_search_state_planted_in_the_storage(case: str, tmp_path: Path) -> None:
+    from tuner.search.seal import verify_search_state  # imports ray: only these cases need it
+
+    folder = _search_folder(tmp_path / "search")
+    plant, message = SEARCH_STATE_CASES[case]
+    plant(folder)
+    with pytest.raises(UserError, match=message):
+        verify_search_state(str(folder), "search")
+    assert not (tmp_path / "ran.txt").exists()  # refused before anything was unpickled
+
+
 @pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
 def test_checkpoint(case: str, tmp_path: Path) -> None:
     make, parts = CHECKPOINT_CASES[case]
@@ -491,7 +538,6 @@ INCOMPLETE_CHECKPOINTS: dict[str, dict] = {
 
 @pytest.mark.parametrize("case", list(INCOMPLETE_CHECKPOINTS))
 def test_predict_refuses_incomplete_checkpoint(case: str, tmp_path: Path) -> None:
-    from tuner.errors import UserError
     from tuner.lastmile.predict import predict
 
     images = tmp_path / "test"
