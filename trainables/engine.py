@@ -6,6 +6,9 @@ much as a full one). Running sums stay on the device: a ``.item()`` per step wou
 for the GPU at every batch. The one exception is the divergence check, which reads the PREVIOUS
 step's loss, so the GPU is always one step ahead when the CPU waits.
 
+Batches arrive uint8 from the loader and are finished on the device (``finish``: conversion,
+normalisation, random erasing; batch_finish.py) after a copy a quarter of float's size.
+
 A training step is the modern recipe's: an optional MixUp/CutMix of the batch (``mix``; train accuracy
 then counts the dominant label), cross-entropy with ``label_smoothing``, an optional clip of the
 gradients' global norm (``grad_clip_norm``), the optimizer step, then ``after_step`` (the per-batch
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.batch_finish import BatchFinish, finish_or_pass
 from trainables.mixing import dominant_label
 
 
@@ -93,8 +97,12 @@ def train_one_epoch(
     mix: Optional[Callable] = None,
     grad_clip_norm: Optional[float] = None,
     after_step: Optional[Callable[[], None]] = None,
+    finish: Optional[BatchFinish] = None,
 ) -> TrainStats:
     """One pass over ``loader`` (batches ``(images, labels, indices, skipped)``).
+
+    ``finish`` turns the loader's uint8 batches into normalised (and erased) float ones on the
+    device (``BatchFinish``); without it the batches must be float already.
 
     Raises ``Diverged`` at the first non-finite loss (checked one step late, see the module doc).
     ``frozen`` modules stay in eval mode: a frozen backbone's BatchNorm statistics must not move.
@@ -116,6 +124,7 @@ def train_one_epoch(
         if labels.numel() == 0:
             continue
         images, labels = _to_device(images, labels, device)
+        images = finish_or_pass(finish, images, step)
         targets = labels
         if mix is not None:
             images, targets = mix(images, labels, step)
@@ -155,6 +164,7 @@ def evaluate(
     *,
     num_classes: int,
     keep_mistakes: int = 0,
+    finish: Optional[BatchFinish] = None,
 ) -> EvalStats:
     """Loss (mean over all samples), top-1, top-5 and the confusion matrix over ``loader``.
 
@@ -170,11 +180,12 @@ def evaluate(
     mistakes: list = []
     k = min(5, num_classes)
     start = time.perf_counter()
-    for images, labels, indices, bad in loader:
+    for step, (images, labels, indices, bad) in enumerate(loader):
         skipped += bad
         if labels.numel() == 0:
             continue
         images, labels = _to_device(images, labels, device)
+        images = finish_or_pass(finish, images, step)
         with autocast_for(device):
             logits = model(images)
         logits = logits.float()

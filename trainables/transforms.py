@@ -143,25 +143,35 @@ def _finish(mean, std) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def build_train_transform(preset: str, image_size: int, mean, std, params: dict | None = None):
-    """Train-time pipeline: PIL image -> normalised float tensor [3, image_size, image_size]."""
+def erasing_probability(params: dict | None) -> float:
+    return float((params or {}).get(ERASING, COMMON[ERASING]))
+
+
+def build_train_pixels(preset: str, image_size: int, params: dict | None = None):
+    """What a trial's loader workers run per sample: PIL image or uint8 tensor -> uint8 tensor
+    [3, image_size, image_size], the preset's crops, flips and colour ops. Conversion, normalisation
+    and erasing are left to ``BatchFinish``, once per batch on the device (batch_finish.py)."""
     entry = AUGMENTATIONS.get(preset)
     params = params or {}
     chosen = {**entry.defaults, **{k: v for k, v in params.items() if k not in COMMON}}
+    return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen)])
+
+
+def build_eval_pixels(image_size: int, eval_crop: float = 1.0):
+    """Eval geometry on uint8: squash to ``image_size / eval_crop`` square, keep the centre ``image_size``."""
+    resize = max(image_size, int(round(image_size / eval_crop)))
+    return v2.Compose([v2.ToImage(), _squash(resize), v2.CenterCrop(image_size)])
+
+
+def build_train_transform(preset: str, image_size: int, mean, std, params: dict | None = None):
+    """Train-time pipeline per sample: PIL image -> normalised float tensor [3, image_size, image_size]
+    (previews, one-off use; a trial's loader runs build_train_pixels and finishes batches instead)."""
     # value=0 after Normalize: the erased box takes the dataset's mean colour.
-    erasing = float(params.get(ERASING, COMMON[ERASING]))
+    erasing = erasing_probability(params)
     tail = [v2.RandomErasing(p=erasing, value=0)] if erasing > 0 else []
-    return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen), *_finish(mean, std), *tail])
+    return v2.Compose([build_train_pixels(preset, image_size, params), *_finish(mean, std), *tail])
 
 
 def build_eval_transform(image_size: int, mean, std, eval_crop: float = 1.0):
-    """Eval pipeline: squash to ``image_size / eval_crop`` square, keep the centre ``image_size``."""
-    resize = max(image_size, int(round(image_size / eval_crop)))
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            _squash(resize),
-            v2.CenterCrop(image_size),
-            *_finish(mean, std),
-        ]
-    )
+    """Eval pipeline per sample: squash, centre crop, normalised float (inference, TTA views)."""
+    return v2.Compose([build_eval_pixels(image_size, eval_crop), *_finish(mean, std)])

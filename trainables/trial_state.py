@@ -1,8 +1,9 @@
 """TrialState: the model, data, optimizer and schedule of one trial, built from a TrialConfig.
 
-Speed on CUDA: cudnn.benchmark, channels_last weights and inputs, bf16 autocast (in the engine),
-pinned host memory with non_blocking copies, persistent loader workers and, with ``compile: true``,
-torch.compile. On CPU none of these apply and ``compile`` is ignored with a warning (inductor needs a
+Speed on CUDA: uint8 batches from the loader, finished (normalised, erased) on the device
+(``finish_train``/``finish_eval``), cudnn.benchmark, channels_last weights and inputs, bf16 autocast
+(in the engine), pinned host memory with non_blocking copies, persistent loader workers and, with
+``compile: true``, torch.compile. On CPU none of these apply and ``compile`` is ignored with a warning (inductor needs a
 C++ toolchain there and rarely pays off for a trial).
 
 The recipe knobs meet here: parameter groups (``backbone_lr_mult``), two-stage fine-tuning
@@ -30,7 +31,8 @@ from trainables.mixing import BatchMixer
 from trainables.models import (build_model, default_weights_normalisation, freeze_all_but_head,
                                frozen_modules, set_backbone_trainable, split_head_and_backbone)
 from trainables.optim import build_optimizer, build_schedule
-from trainables.transforms import EVAL_CROP, build_eval_transform, build_train_transform
+from trainables.batch_finish import BatchFinish
+from trainables.transforms import EVAL_CROP, build_eval_pixels, build_train_pixels, erasing_probability
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +132,13 @@ class TrialState:
         # A resumed trial keeps the statistics it started with, whatever changed on disk since.
         self.normalisation = normalisation or resolve_normalisation(config)
         mean, std = self.normalisation["mean"], self.normalisation["std"]
+        # The loaders hand over uint8; conversion, normalisation and erasing run per batch on the device.
+        self.finish_train = BatchFinish(mean, std, erasing=erasing_probability(config.aug), seed=config.seed)
+        self.finish_eval = BatchFinish(mean, std)
         return build_splits(
             config.train_dir, config.val_dir,
-            train_transform=build_train_transform(
-                config.augmentation, config.image_size, mean, std, config.aug),
-            eval_transform=build_eval_transform(
-                config.image_size, mean, std, float(config.aug.get(EVAL_CROP, 1.0))),
+            train_transform=build_train_pixels(config.augmentation, config.image_size, config.aug),
+            eval_transform=build_eval_pixels(config.image_size, float(config.aug.get(EVAL_CROP, 1.0))),
             subset=config.train_subset, seed=config.seed,
             cache_size=config.image_size if config.cache == "auto" else None,
         )
@@ -207,11 +210,13 @@ class TrialState:
         self._set_phase(epoch)
         if self.mixer is not None:
             self.mixer.set_epoch(epoch)
+        self.finish_train.set_epoch(epoch)
         with _EpochBar(progress, epoch, self.config.epochs, len(self.train_loader.sampler)) as bar:
             return train_one_epoch(self.forward, self.train_loader, self.optimizer, self.device,
                                    frozen=self.frozen, progress=bar,
                                    label_smoothing=self.config.label_smoothing, mix=self.mixer,
-                                   grad_clip_norm=self.config.grad_clip_norm, after_step=self._after_step)
+                                   grad_clip_norm=self.config.grad_clip_norm, after_step=self._after_step,
+                                   finish=self.finish_train)
 
     def _after_step(self) -> None:
         self.schedule.step_batch()
@@ -221,11 +226,11 @@ class TrialState:
     def evaluate(self, *, keep_mistakes: int = 0) -> tuple[EvalStats, Optional[EvalStats]]:
         """(the reported weights' stats, the raw weights' stats when those differ: EMA on, else None)."""
         raw = evaluate(self.forward, self.val_loader, self.device, num_classes=self.num_classes,
-                       keep_mistakes=0 if self.ema is not None else keep_mistakes)
+                       keep_mistakes=0 if self.ema is not None else keep_mistakes, finish=self.finish_eval)
         if self.ema is None:
             return raw, None
         averaged = evaluate(self.ema.model, self.val_loader, self.device, num_classes=self.num_classes,
-                            keep_mistakes=keep_mistakes)
+                            keep_mistakes=keep_mistakes, finish=self.finish_eval)
         return averaged, raw
 
     def checkpoint_content(self, epoch: int, history: list[dict]) -> dict:

@@ -30,6 +30,7 @@ def test_label_smoothing_changes_the_training_loss_by_its_formula(tiny_data):
     state = TrialState(tiny_config(tiny_data, **ONE_STEP))
     state.train_loader.sampler.set_epoch(1)  # the batch that epoch 1 starts with
     images, labels, _, _ = next(iter(state.train_loader))
+    images = state.finish_train(images, step=0)
     with torch.no_grad():
         log_p = state.model.train()(images).log_softmax(dim=1)
     nll, uniform = -log_p.gather(1, labels[:, None]).mean(), -log_p.mean()

@@ -124,7 +124,8 @@ class _Subject:
     def epoch(self, optimizer, epoch: int) -> float:
         _set_epoch(self.loader, epoch)
         return train_one_epoch(self.state.forward, self.loader, optimizer, self.state.device,
-                               frozen=getattr(self.state, "frozen", ())).loss
+                               frozen=getattr(self.state, "frozen", ()),
+                               finish=getattr(self.state, "finish_train", None)).loss
 
     def batches(self) -> Iterator:
         for epoch in itertools.count():
@@ -133,7 +134,8 @@ class _Subject:
 
     def step(self, optimizer, batches: Iterator) -> float:
         return train_one_epoch(self.state.forward, itertools.islice(batches, 1), optimizer,
-                               self.state.device, frozen=getattr(self.state, "frozen", ())).loss
+                               self.state.device, frozen=getattr(self.state, "frozen", ()),
+                               finish=getattr(self.state, "finish_train", None)).loss
 
 
 def _set_epoch(loader, epoch: int) -> None:

@@ -91,7 +91,8 @@ def _train(state: TrialState, data: Dataset, *, batch_size: int, max_steps: int,
             loader.sampler.set_epoch(epoch)
         try:
             stats = train_one_epoch(state.forward, loader, state.optimizer, state.device,
-                                    max_steps=max_steps - steps, frozen=getattr(state, "frozen", ()))
+                                    max_steps=max_steps - steps, frozen=getattr(state, "frozen", ()),
+                                    finish=getattr(state, "finish_train", None))
         except Diverged:
             return history, True
         steps += math.ceil(stats.images / batch_size)
