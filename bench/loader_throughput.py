@@ -35,8 +35,10 @@ import sys
 import tempfile
 import time
 from importlib import resources
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import PIL
@@ -49,7 +51,10 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainables.batch_finish import BatchFinish  # noqa: E402
 from trainables.cache import CachedImageDataset  # noqa: E402
+from trainables.data import build_splits, make_loader  # noqa: E402
+from trainables.transforms import build_eval_pixels, build_train_pixels, build_train_transform  # noqa: E402
 from tuner.datasets.cache import build_cache  # noqa: E402
 
 GOAL = 5.0
@@ -79,6 +84,10 @@ def make_photos(root: Path, count: int, seed: int = 0) -> dict:
             "mean_jpeg_kib": float(np.mean(sizes) / 1024)}
 
 
+STANDINS = ("shipped CIFAR-10 sample upscaled bicubic to 500-800 px + Gaussian noise sigma 6, JPEG q90 "
+            "(stand-ins, not real photos)")
+
+
 def augment(*, pil: bool, normalise: bool) -> v2.Compose:
     crop_flip = [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()]
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)] if normalise else []
@@ -87,68 +96,152 @@ def augment(*, pil: bool, normalise: bool) -> v2.Compose:
     return v2.Compose([v2.ToImage(), *crop_flip, *finish])  # the cache: already a uint8 tensor
 
 
+PHOTOS = Path(__file__).resolve().parent / "photos" / "hymenoptera.parquet"
+PHOTO_SETS = ("real", "standins")
+TRIAL_PRESETS = {"light": 8.0, "journal": 4.0}  # preset -> goal: trial path / ImageFolder + PIL
+TRIAL_SIZE = 224
+
+
+def real_photos(root: Path, count: int) -> dict:
+    """``root/<label>/<split>_<name>``: the repository's real photos (bench/photos/README.md), all
+    of them in one training folder; ``count`` caps how many."""
+    table = pq.read_table(PHOTOS, columns=["split", "label", "name", "jpeg"]).to_pylist()[:count]
+    sides, sizes = [], []
+    for row in table:
+        path = root / row["label"] / f"{row['split']}_{row['name']}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(row["jpeg"])
+        with Image.open(path) as image:
+            sides.append(image.size)
+        sizes.append(len(row["jpeg"]))
+    return {"count": len(table), "mean_width": float(np.mean([s[0] for s in sides])),
+            "mean_height": float(np.mean([s[1] for s in sides])),
+            "mean_jpeg_kib": float(np.mean(sizes) / 1024),
+            "how": "real camera photos (bench/photos/hymenoptera.parquet: ants and bees, ImageNet subset)"}
+
+
 def loader_for(dataset, *, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0, drop_last=False,
                       generator=torch.Generator().manual_seed(0))
 
 
-def timed_round(loader: DataLoader, min_seconds: float) -> tuple[float, int]:
+@dataclass
+class Row:
+    """A loader and what its consumer does with each batch before the model could take it."""
+
+    loader: Iterable
+    consume: Callable[[Any, int], int] = field(default=lambda batch, step: len(batch[0]))
+
+
+def timed_round(row: Row, min_seconds: float) -> tuple[float, int]:
     """Whole epochs until ``min_seconds`` have passed: (images/s, images)."""
-    images, start = 0, time.perf_counter()
+    images, start, step = 0, time.perf_counter(), 0
     while True:
-        for batch, _ in loader:
-            images += len(batch)
+        for batch in row.loader:
+            images += row.consume(batch, step)
+            step += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return images / elapsed, images
 
 
-def run(args: argparse.Namespace) -> dict:
+def trial_row(train: Path, preset: str, *, batch_size: int, workers: int) -> Row:
+    """The trainable's own data path: its datasets (the decoded-image cache at the trial's size),
+    its loader (uint8 batches) and its BatchFinish, timed in the consumer where a trial runs it."""
+    splits = build_splits(str(train), str(train), train_transform=build_train_pixels(preset, TRIAL_SIZE),
+                          eval_transform=build_eval_pixels(TRIAL_SIZE), subset=None, seed=0,
+                          cache_size=TRIAL_SIZE)
+    assert splits.caches.get("train"), "the trial row must read the cache"
+    loader = make_loader(splits.train, batch_size=batch_size, shuffle=True, num_workers=workers,
+                         seed=0, pin_memory=False)
+    finish = BatchFinish(MEAN, STD)
+
+    def consume(batch, step: int) -> int:
+        loader.sampler.set_epoch(step)  # only read when the next epoch starts
+        return len(finish(batch.images, step))
+
+    return Row(loader, consume)
+
+
+def rows_for(train: Path, cache_manifest, args: argparse.Namespace) -> dict[str, Row]:
+    rows = {}
+    for delivered in ("float", "uint8"):
+        normalise = delivered == "float"
+        rows[f"files: ImageFolder + PIL, rrc, {delivered}"] = Row(loader_for(
+            ImageFolder(str(train), transform=augment(pil=True, normalise=normalise)),
+            batch_size=args.batch_size, workers=args.workers))
+        rows[f"cache: {args.cache_size} px memmap, rrc, {delivered}"] = Row(loader_for(
+            CachedImageDataset(cache_manifest, transform=augment(pil=False, normalise=normalise)),
+            batch_size=args.batch_size, workers=args.workers))
+    for preset in TRIAL_PRESETS:
+        rows[f"files: ImageFolder + PIL, {preset}, float"] = Row(loader_for(
+            ImageFolder(str(train), transform=build_train_transform(preset, TRIAL_SIZE, MEAN, STD)),
+            batch_size=args.batch_size, workers=args.workers))
+        rows[f"trial: cache {TRIAL_SIZE} px, {preset}, uint8 + finish"] = trial_row(
+            train, preset, batch_size=args.batch_size, workers=args.workers)
+    return rows
+
+
+def measure(photo_set: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         train = Path(tmp) / "data" / "train"
-        photos = make_photos(train, args.images)
+        photos = real_photos(train, args.images) if photo_set == "real" else \
+            {**make_photos(train, args.images), "how": STANDINS}
         start = time.perf_counter()
         # One process: the decode rate per core (`tuner data cache` runs one process per core).
         built = build_cache(train, size=args.cache_size, workers=1, progress=False)
         build_s = time.perf_counter() - start
-        datasets = {}
-        for delivered in ("float", "uint8"):
-            normalise = delivered == "float"
-            datasets[f"files: ImageFolder + PIL, {delivered}"] = ImageFolder(
-                str(train), transform=augment(pil=True, normalise=normalise))
-            datasets[f"cache: {args.cache_size} px memmap, {delivered}"] = CachedImageDataset(
-                built.manifest, transform=augment(pil=False, normalise=normalise))
-        loaders = {name: loader_for(ds, batch_size=args.batch_size, workers=args.workers)
-                   for name, ds in datasets.items()}
-        for loader in loaders.values():  # start workers, warm the page cache: untimed
-            timed_round(loader, 0)
-        rounds: dict[str, list[float]] = {name: [] for name in loaders}
+        build_cache(train, size=TRIAL_SIZE, workers=1, progress=False)  # what `tuner data cache` makes for a 224 px trial
+        rows = rows_for(train, built.manifest, args)
+        for row in rows.values():  # start workers, warm the page cache: untimed
+            timed_round(row, 0)
+        rounds: dict[str, list[float]] = {name: [] for name in rows}
         for _ in range(args.rounds):
-            for name, loader in loaders.items():
-                rounds[name].append(timed_round(loader, args.seconds)[0])
-        del loaders
+            for name, row in rows.items():  # alternating, so machine noise hits every row alike
+                rounds[name].append(timed_round(row, args.seconds)[0])
+        del rows
     best = {name: max(values) for name, values in rounds.items()}
-    names = list(best)  # files float, cache float, files uint8, cache uint8
-    speedups = {"float": round(best[names[1]] / best[names[0]], 2),
-                "uint8": round(best[names[3]] / best[names[2]], 2)}
+
+    def ratio(numerator: str, denominator: str) -> float:
+        return round(best[numerator] / best[denominator], 2)
+
+    speedup = {delivered: ratio(f"cache: {args.cache_size} px memmap, rrc, {delivered}",
+                                f"files: ImageFolder + PIL, rrc, {delivered}") for delivered in ("float", "uint8")}
+    for preset in TRIAL_PRESETS:
+        key = "trial" if preset == "light" else f"trial_{preset}"
+        speedup[key] = ratio(f"trial: cache {TRIAL_SIZE} px, {preset}, uint8 + finish",
+                             f"files: ImageFolder + PIL, {preset}, float")
+    return {"photos": photos,
+            "cache_build": {"images": built.images, "seconds": round(build_s, 2),
+                            "images_per_s": round(built.images / build_s, 1), "processes": 1,
+                            "MiB": round(built.nbytes / 2**20, 1)},
+            "images_per_s": {name: round(value, 1) for name, value in best.items()},
+            "rounds_images_per_s": {name: [round(v, 1) for v in values] for name, values in rounds.items()},
+            "speedup": speedup}
+
+
+def run(args: argparse.Namespace) -> dict:
+    sets = {photo_set: measure(photo_set, args) for photo_set in args.photos}
+    first = sets[args.photos[0]]
     return {
         "benchmark": "loader_throughput",
-        "photos": {**photos, "how": "shipped CIFAR-10 sample upscaled bicubic to 500-800 px + "
-                   "Gaussian noise sigma 6, JPEG q90 (stand-ins, not real photos)"},
-        "settings": {"crop": 224, "augmentation": "RandomResizedCrop(224)+HorizontalFlip",
+        "command": "python bench/loader_throughput.py " + " ".join(sys.argv[1:]),
+        "photo_set": args.photos[0],
+        "photos": first["photos"],
+        "speedup": first["speedup"],  # the first photo set's (real photos by default)
+        "goal_speedup": {"uint8": GOAL, **{("trial" if p == "light" else f"trial_{p}"): g
+                                           for p, g in TRIAL_PRESETS.items()}},
+        "sets": sets,
+        "settings": {"crop": TRIAL_SIZE, "rrc": "RandomResizedCrop(224)+HorizontalFlip",
                      "float": "ToDtype+Normalize in the workers",
                      "uint8": "uint8 batches; ToDtype+Normalize left to the consumer (GPU), untimed",
-                     "workers": args.workers, "batch_size": args.batch_size,
-                     "cache_size": args.cache_size, "rounds": args.rounds,
-                     "seconds_per_round": args.seconds},
-        "cache_build": {"images": built.images, "seconds": round(build_s, 2),
-                        "images_per_s": round(built.images / build_s, 1), "processes": 1,
-                        "MiB": round(built.nbytes / 2**20, 1)},
-        "images_per_s": {name: round(value, 1) for name, value in best.items()},
-        "rounds_images_per_s": {name: [round(v, 1) for v in values] for name, values in rounds.items()},
-        "speedup": speedups,
-        "goal_speedup": GOAL,
+                     "trial": "the trainable's path: its datasets over the 224 px cache, its loader "
+                              "(uint8 batches), BatchFinish timed in the consumer; against ImageFolder "
+                              "+ PIL with the same preset as a float pipeline in the workers",
+                     "presets": list(TRIAL_PRESETS), "workers": args.workers,
+                     "batch_size": args.batch_size, "cache_size": args.cache_size,
+                     "rounds": args.rounds, "seconds_per_round": args.seconds},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "torchvision": torchvision.__version__, "pillow": PIL.__version__,
@@ -157,29 +250,31 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_table(result: dict) -> None:
-    rates, photos, settings = result["images_per_s"], result["photos"], result["settings"]
-    print(f"\nloader throughput at 224 px, {settings['workers']} workers, batch "
-          f"{settings['batch_size']}, {photos['count']} photos ~{photos['mean_width']:.0f}x"
-          f"{photos['mean_height']:.0f} px, {photos['mean_jpeg_kib']:.0f} KiB\n({photos['how']})")
-    print(f"{'loader':<40} {'images/s':>10} {'speedup':>8}")
-    names = list(rates)
-    for name in names:
-        delivered = name.rsplit(", ", 1)[1]
-        files = rates[next(n for n in names if n.startswith("files") and n.endswith(delivered))]
-        print(f"{name:<40} {rates[name]:>10.1f} {rates[name] / files:>7.2f}x")
-    build = result["cache_build"]
-    print(f"cache build: {build['images']} images in {build['seconds']} s "
-          f"({build['images_per_s']} images/s in one process; {build['MiB']} MiB)")
-    for delivered, speedup in result["speedup"].items():
-        verdict = "meets" if speedup >= GOAL else "MISSES"
-        print(f"speedup ({delivered} batches): {speedup}x, {verdict} the goal of {GOAL}x")
+    settings = result["settings"]
+    for photo_set, measured in result["sets"].items():
+        rates, photos = measured["images_per_s"], measured["photos"]
+        print(f"\n{photo_set}: loader throughput at {settings['crop']} px, {settings['workers']} workers, "
+              f"batch {settings['batch_size']}, {photos['count']} photos ~{photos['mean_width']:.0f}x"
+              f"{photos['mean_height']:.0f} px, {photos['mean_jpeg_kib']:.0f} KiB\n({photos['how']})")
+        print(f"{'loader':<52} {'images/s':>10}")
+        for name, rate in rates.items():
+            print(f"{name:<52} {rate:>10.1f}")
+        build = measured["cache_build"]
+        print(f"cache build: {build['images']} images in {build['seconds']} s "
+              f"({build['images_per_s']} images/s in one process; {build['MiB']} MiB)")
+        for key, speedup in measured["speedup"].items():
+            goal = result["goal_speedup"].get(key)
+            verdict = "" if goal is None else f", {'meets' if speedup >= goal else 'MISSES'} the goal of {goal}x"
+            print(f"speedup {key}: {speedup}x{verdict}")
     print(f"1-minute load average during the run: {result['machine']['load_average_1m']} on "
           f"{result['machine']['cpus']} CPUs")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--photos", default=",".join(PHOTO_SETS),
+                        help="photo sets, the first one's speedups on top: real (bench/photos) and/or standins")
+    parser.add_argument("--images", type=int, default=300, help="photos per set at most (real: 133)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-size", type=int, default=256, help="side of the cached images")
@@ -187,6 +282,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="minimum seconds per round")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.photos = [p for p in args.photos.split(",") if p]
+    unknown = set(args.photos) - set(PHOTO_SETS)
+    if unknown or not args.photos:
+        parser.error(f"--photos: choose from {', '.join(PHOTO_SETS)}")
     torch.set_num_threads(1)  # the consumer only receives batches; the workers use one thread each
     result = run(args)
     print_table(result)
