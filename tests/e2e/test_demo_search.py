@@ -208,6 +208,14 @@ def test_report_shows_every_section_with_the_search_numbers(report_page):
     assert sorted(b.trial for b in report.timeline.bars) == sorted(histories)
     assert report.timeline.slots == 1 and 0 <= report.timeline.idle_fraction < 1
     assert f"idle {report.timeline.idle_fraction:.1%} of the slot time" in page
+    # Utilisation: the trials' epoch_time_s, summed from MLflow, over the slot time.
+    epoch_seconds = sum(m.value for trial in report.data.trials
+                        for m in client.get_metric_history(trial.run_id, "epoch_time_s"))
+    line = report.timeline
+    assert epoch_seconds > 0
+    assert line.utilisation == pytest.approx(epoch_seconds / (line.slots * line.span_s))
+    assert line.utilisation <= 1 - line.idle_fraction + 1e-9  # epochs happen inside the trials
+    assert f"{line.utilisation:.1%} of it in the trials' epochs" in page
     # Leaderboard: a row per trial, with why it ended.
     table = page.split("<h2>Leaderboard</h2>")[1]
     assert table.count("<tr>") == 1 + len(histories)

@@ -38,6 +38,9 @@ class Timeline:
     slots: int
     span_s: float  # first trial start to last trial end
     idle_fraction: Optional[float]  # of slots x span; None when there is no span to measure
+    # The share of slots x span spent in the trials' own epochs (train + validation): what the rest
+    # of a trial's time (process start, data and model set-up, checkpoints, reports) leaves.
+    utilisation: Optional[float] = None
 
 
 def better(mode: str):
@@ -60,7 +63,7 @@ def timeline(trials: list[TrialData]) -> Timeline:
     """Trials laid on worker slots by interval partitioning: in start order, each takes the slot
     that freed up first, or a new one when all are busy (as few rows as trials ever overlapped).
     The idle fraction is the share of slot time that ran no trial: driver overhead, Ray start-up,
-    waiting for the sampler."""
+    waiting for the sampler. The utilisation is the share spent in the trials' epochs themselves."""
     busy: list[tuple[float, int]] = []  # (end, slot) of every slot's latest trial
     bars: list[Bar] = []
     for trial in sorted(trials, key=lambda t: t.start_s):
@@ -76,4 +79,6 @@ def timeline(trials: list[TrialData]) -> Timeline:
     span = max(b.end_s for b in bars) - min(b.start_s for b in bars)
     used = sum(b.end_s - b.start_s for b in bars)
     idle = 1 - used / (slots * span) if span > 0 else None
-    return Timeline(bars, slots, span, idle)
+    compute = sum(t.compute_s for t in trials)
+    utilisation = compute / (slots * span) if span > 0 else None
+    return Timeline(bars, slots, span, idle, utilisation)

@@ -23,6 +23,7 @@ from tuner.tracking.store import open_client, tracking_errors
 from tuner.tracking.tags import STATUS_TAG, TRIAL_TAG
 
 CATEGORICAL = ("choice", "grid")
+EPOCH_TIME = "epoch_time_s"  # what each epoch's training and validation took, as the trial reports it
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrialData:
     start_s: float
     end_s: float
     best: Optional[float]  # best_<metric> over its epochs, as the leaderboard ranks it
+    compute_s: float = 0.0  # its epochs' own seconds (train + validation: epoch_time_s, summed)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ def read_trial(client: MlflowClient, run, metric: str, search_start_ms: int,
         params={a.name: run.data.params[a.name] for a in axes if a.name in run.data.params},
         curve=curve, epochs=last_epoch, start_s=start_s, end_s=max(start_s, end_s),
         best=run.data.metrics.get(f"best_{metric}"),
+        compute_s=sum(m.value for m in client.get_metric_history(run.info.run_id, EPOCH_TIME)
+                      if math.isfinite(m.value)),
     )
 
 

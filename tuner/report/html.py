@@ -112,9 +112,11 @@ def timeline_text(report: Report) -> str:
     if not line.bars:
         return "No trial has started yet."
     idle = "-" if line.idle_fraction is None else f"{line.idle_fraction:.1%}"
+    used = "-" if line.utilisation is None else f"{line.utilisation:.1%}"
     return (f"{len(line.bars)} trials on {line.slots} worker slots (max_concurrent "
             f"{report.data.max_concurrent}) over {line.span_s:.0f} s; idle {idle} of the slot time "
-            f"(1 - trial time / (slots x span)).")
+            f"(1 - trial time / (slots x span)); {used} of it in the trials' epochs, training and "
+            f"validation (slot utilisation: sum of epoch_time_s / (slots x span)).")
 
 
 def leaderboard_table(report: Report) -> str:

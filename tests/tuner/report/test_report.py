@@ -21,17 +21,19 @@ from tuner.spec import parse_spec
 from tuner.tracking.tags import KIND_TAG, PARENT_TAG, STATUS_TAG, TRIAL_TAG
 
 
-def trial(name: str, start: float, end: float) -> TrialData:
+def trial(name: str, start: float, end: float, compute: float = 0.0) -> TrialData:
     return TrialData(trial=name, run_id=name, name=name, status="completed", params={}, curve=[],
-                     epochs=0, start_s=start, end_s=end, best=None)
+                     epochs=0, start_s=start, end_s=end, best=None, compute_s=compute)
 
 
 def test_trials_share_as_few_slots_as_ever_overlapped_and_idle_time_is_the_rest():
     # a runs 0-10; b (2-6) overlaps it, so a second slot; c (7-12) takes the slot b freed first.
-    line = timeline([trial("c", 7, 12), trial("a", 0, 10), trial("b", 2, 6)])
+    line = timeline([trial("c", 7, 12, 4), trial("a", 0, 10, 9), trial("b", 2, 6, 3)])
     assert [(b.trial, b.slot) for b in line.bars] == [("a", 0), ("b", 1), ("c", 1)]
     assert (line.slots, line.span_s) == (2, 12)
     assert line.idle_fraction == pytest.approx(1 - (10 + 4 + 5) / (2 * 12))
+    # the trials' epochs took 9 + 3 + 4 s of the 2 x 12 slot-seconds
+    assert line.utilisation == pytest.approx((9 + 3 + 4) / (2 * 12))
 
 
 def spec_of(tmp_path: Path, name: str, **changes):
