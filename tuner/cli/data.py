@@ -103,10 +103,12 @@ def cmd_split(args: argparse.Namespace) -> int:
 # --- cache ---
 def cmd_cache(args: argparse.Namespace) -> int:
     from tuner.datasets.cache import build_caches  # torch (the cache reader): this command only
+    from trainables.gpu_decode import resolve_decode_device  # torch, torchvision: this command only
 
     with _user_errors():
+        device = resolve_decode_device(args.decode_device)
         results = build_caches(args.dir, size=args.size, fit=args.fit, workers=args.workers,
-                               force=args.force, progress=not args.quiet)
+                               force=args.force, progress=not args.quiet, decode_device=device)
     for result in results:
         if not result.built:
             how = "up to date"
@@ -114,6 +116,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
             how = f"built in {result.seconds:.1f} s, resuming after {result.resumed} images"
         else:
             how = f"built in {result.seconds:.1f} s"
+        if result.built and result.decoded_on != "cpu":
+            how += f", JPEGs decoded on {result.decoded_on}"
         echo(f"cache {result.split} at {result.size} px: {result.images} images "
              f"({result.unreadable} unreadable), {result.nbytes / 2**20:.1f} MiB, {how}")
         echo(f"  pixels {result.pixels}")
@@ -172,6 +176,10 @@ def register(data: argparse._SubParsersAction) -> None:
                        help="squash (default, as the trainable resizes), crop or pad to square")
     cache.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="decoding processes (default: all cores)")
+    cache.add_argument("--decode-device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                       help="where JPEGs are decoded: auto (default) = the GPU when there is one and "
+                       "its decoder works (batches of nvjpeg; other formats with Pillow), else Pillow in "
+                       "--workers processes; cuda without a usable GPU is an error")
     cache.add_argument("--force", action="store_true", help="rebuild even if up to date")
     cache.add_argument("--quiet", action="store_true", help="no progress bar")
     cache.set_defaults(func=cmd_cache)

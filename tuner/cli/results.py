@@ -97,7 +97,7 @@ def cmd_evaluate(args) -> int:
         args.model_uri, Path(args.images), key=Path(args.key) if args.key else None,
         ttas=_listed(args.tta) or ["none"], calibrations=_listed(args.calibrate), members=args.members,
         tracking_uri=resolve_tracking_uri(args.tracking_uri), batch_size=args.batch_size,
-        device=args.device, progress=not args.quiet)
+        device=args.device, progress=not args.quiet, decode_device=args.decode_device)
     print(render(evaluation), end="")
     if args.json:
         Path(args.json).write_text(json.dumps({"images": evaluation.images, "skipped": evaluation.skipped,
@@ -114,7 +114,8 @@ def cmd_predict(args) -> int:
 
     report = predict(args.model_uri, Path(args.images), Path(args.out),
                      tracking_uri=resolve_tracking_uri(args.tracking_uri), tta=args.tta,
-                     batch_size=args.batch_size, progress=not args.quiet, device=args.device)
+                     batch_size=args.batch_size, progress=not args.quiet, device=args.device,
+                     decode_device=args.decode_device)
     echo(f"wrote {report.written} rows to {report.out}")
     if report.skipped:
         shown = ", ".join(report.skipped[:50]) + (" …" if len(report.skipped) > 50 else "")
@@ -170,6 +171,7 @@ def register(sub) -> None:
     pred.add_argument("--tta", help=f"test-time views: {TTA_HELP} (default: as promoted)")
     pred.add_argument("--batch-size", type=int, default=64, help="images decoded and predicted at once")
     pred.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    _add_decode_device(pred)
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking(pred)
     pred.set_defaults(func=cmd_predict)
@@ -213,6 +215,13 @@ def _add_ensemble_options(prom) -> None:
     last.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_decode_device(parser) -> None:
+    parser.add_argument("--decode-device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                        help="where JPEGs are decoded: auto (default) = on the model's GPU when it runs "
+                        "on one (batches of nvjpeg), else Pillow; cpu = Pillow; cuda without a usable "
+                        "GPU is an error")
+
+
 def _register_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="accuracy, top-5, per class and confusion of a model on labelled images")
     ev.add_argument("model_uri", help="models:/NAME@champion, runs:/…, or a checkpoint path")
@@ -224,6 +233,7 @@ def _register_evaluate(sub) -> None:
     ev.add_argument("--members", action="store_true", help="also score each member alone")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    _add_decode_device(ev)
     ev.add_argument("--json", help="also write every number (per class, confusion) to this file")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking(ev)

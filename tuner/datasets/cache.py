@@ -21,6 +21,12 @@ pixels are written to ``<stem>.npy.partial`` and renamed at the end; the manifes
 the commit mark, so a reader never sees a half-built cache); resumable (decoded rows are recorded in
 ``<stem>.progress.jsonl`` after each chunk, and a rerun after a crash or Ctrl-C decodes only the rest);
 unreadable images are skipped and counted (``ok = false`` in the manifest), never fatal.
+
+Decoding: Pillow in ``workers`` spawned processes (``cache_decode``), or, with ``decode_device``
+(``--decode-device``, a CUDA GPU when there is one), the JPEGs in batches with torchvision's
+``decode_jpeg`` on that device and the other files with Pillow in this process (``cache_device``).
+Both give the same pixels within a few grey levels (bench/gpu_decode.py measures the difference);
+the manifest records which decoded (``decoded_on``), the cache key does not.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
@@ -55,6 +62,7 @@ from trainables.cache import (
     read_metadata,
 )
 from tuner.datasets.cache_decode import FIT_FUNCTIONS, Record, decode_rows
+from tuner.datasets.cache_device import decode_rows_on_device
 
 __all__ = ["CacheError", "CacheResult", "build_cache", "build_caches", "find_image_folders"]
 
@@ -72,6 +80,7 @@ class CacheResult:
     built: bool  # False: an up-to-date cache was already there
     resumed: int = 0  # rows kept from an interrupted build
     seconds: float = 0.0
+    decoded_on: str = "cpu"  # where this build decoded its JPEGs ("cpu": Pillow in worker processes)
 
     @property
     def nbytes(self) -> int:
@@ -116,10 +125,12 @@ def build_caches(
     workers: int = 2,
     force: bool = False,
     progress: bool = True,
+    decode_device: Optional[torch.device] = None,
 ) -> list[CacheResult]:
     """``build_cache`` for every split that ``find_image_folders(data_dir)`` finds."""
     _check_args(size, fit, workers, 1)  # bad arguments first, before looking at folders
-    return [build_cache(folder, size=size, fit=fit, workers=workers, force=force, progress=progress)
+    return [build_cache(folder, size=size, fit=fit, workers=workers, force=force, progress=progress,
+                        decode_device=decode_device)
             for folder in find_image_folders(data_dir)]
 
 
@@ -134,6 +145,7 @@ def build_cache(
     progress: bool = True,
     lock_timeout_s: Optional[float] = None,
     on_chunk: Optional[Callable[[int], None]] = None,
+    decode_device: Optional[torch.device] = None,
 ) -> CacheResult:
     """Decode every image of the ImageFolder ``image_dir`` into its cache (module docstring).
 
@@ -147,6 +159,8 @@ def build_cache(
         progress: tqdm bar on stderr.
         lock_timeout_s: give up waiting for another build after this many seconds (None: wait).
         on_chunk: called with the number of rows done after each chunk is recorded.
+        decode_device: None: Pillow in ``workers`` processes; a device (``trainables.gpu_decode.
+            resolve_decode_device``): each chunk's JPEGs decoded there in batches (``workers`` unused).
 
     Raises:
         CacheError: bad arguments, no images, empty class folders, lock timeout, disk too small.
@@ -163,7 +177,8 @@ def build_cache(
         existing = None if force else _existing(paths, key)
         if existing is not None:
             return existing
-        return _Build(paths, classes, samples, key, workers, chunk_size, progress, on_chunk).run()
+        return _Build(paths, classes, samples, key, workers, chunk_size, progress, on_chunk,
+                      decode_device).run()
 
 
 def _check_args(size: int, fit: str, workers: int, chunk_size: int) -> None:
@@ -233,13 +248,14 @@ class _Build:
     """One (possibly resumed) build; ``run`` returns its result."""
 
     def __init__(self, paths: CachePaths, classes, samples, key, workers, chunk_size, progress,
-                 on_chunk) -> None:
+                 on_chunk, decode_device: Optional[torch.device] = None) -> None:
         self.paths, self.classes, self.samples, self.key = paths, classes, samples, key
         self.workers, self.chunk_size, self.progress, self.on_chunk = (
             workers, chunk_size, progress, on_chunk)
         self.partial = paths.directory / f"{paths.stem}.npy.partial"
         self.journal = paths.directory / f"{paths.stem}.progress.jsonl"
         self.shape = (len(samples), 3, key["size"], key["size"])
+        self.decode_device = decode_device  # None: Pillow in worker processes
 
     def run(self) -> CacheResult:
         start = time.perf_counter()
@@ -247,7 +263,9 @@ class _Build:
         resumed = len(done)
         pending = [(row, self.samples[row][0]) for row in range(len(self.samples)) if row not in done]
         # Small builds: at least ~4 chunks per worker, so that no worker idles while one finishes.
-        step = max(1, min(self.chunk_size, -(-len(pending) // (4 * self.workers))))
+        # A device decodes a whole chunk per call in this one process: chunks as large as allowed.
+        parallel = 1 if self.decode_device is not None else self.workers
+        step = max(1, min(self.chunk_size, -(-len(pending) // (4 * parallel))))
         chunks = [pending[i : i + step] for i in range(0, len(pending), step)]
         with open(self.journal, "a", encoding="utf-8") as journal, tqdm(
             total=len(self.samples), initial=resumed, disable=not self.progress, unit="img",
@@ -264,7 +282,11 @@ class _Build:
         unreadable = self._commit(done, resumed, seconds)
         return CacheResult(self.paths.image_dir.name, self.paths.manifest, self.paths.pixels,
                            self.key["size"], len(self.samples), unreadable, built=True,
-                           resumed=resumed, seconds=seconds)
+                           resumed=resumed, seconds=seconds, decoded_on=self._decoded_on)
+
+    @property
+    def _decoded_on(self) -> str:
+        return "cpu" if self.decode_device is None else str(self.decode_device)
 
     def _resume_or_start(self) -> dict[int, Record]:
         done = _read_journal(self.journal, self.key, self.shape)
@@ -283,6 +305,10 @@ class _Build:
 
     def _decode(self, chunks: list) -> Iterable[list[Record]]:
         size, fit = self.key["size"], self.key["fit"]
+        if self.decode_device is not None:
+            for chunk in chunks:
+                yield decode_rows_on_device(str(self.partial), chunk, size, fit, self.decode_device)
+            return
         if self.workers <= 1 or len(chunks) <= 1:
             for chunk in chunks:
                 yield decode_rows(str(self.partial), chunk, size, fit)
@@ -305,6 +331,7 @@ class _Build:
                 "pixels": self.paths.pixels.name, "classes": self.classes,
                 "image_dir": str(self.paths.image_dir), "split": self.paths.image_dir.name,
                 "count": len(records), "unreadable": unreadable, "resumed_rows": resumed,
+                "decoded_on": self._decoded_on,
                 "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "build_seconds": round(seconds, 3)}
         table = _manifest_table(self.paths.image_dir, self.classes, self.samples, records)

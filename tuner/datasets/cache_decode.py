@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from trainables.image_formats import decode_formats
 
-__all__ = ["FIT_FUNCTIONS", "decode_resized", "decode_rows"]
+__all__ = ["FIT_FUNCTIONS", "decode_resized", "decode_row", "decode_rows"]
 
 _RESAMPLE = Image.Resampling.BILINEAR  # what torchvision's Resize uses (antialiased)
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -24,21 +24,24 @@ Record = list
 def decode_rows(pixels_path: str, rows: list[tuple[int, str]], size: int, fit: str) -> list[Record]:
     """Decode ``rows`` into the memory-mapped file; runs in a worker process. One record per row."""
     pixels = np.load(pixels_path, mmap_mode="r+")
-    records: list[Record] = []
     try:
-        for row, path in rows:
-            try:
-                chw, width, height = decode_resized(path, size, fit)
-                pixels[row] = chw
-                records.append([row, True, width, height, None])
-            except Exception as err:  # any unreadable image is skipped and counted, never fatal
-                pixels[row] = 0  # a resumed row may hold half an image from a killed worker
-                reason = f"{type(err).__name__}: {err}"[:_ERROR_CHARS]
-                records.append([row, False, None, None, reason])
+        records = [decode_row(pixels, row, path, size, fit) for row, path in rows]
         pixels.flush()  # msync before the row is recorded as done
     finally:
         del pixels
     return records
+
+
+def decode_row(pixels: np.ndarray, row: int, path: str, size: int, fit: str) -> Record:
+    """Decode one image into ``pixels[row]``; its record (an unreadable image: zeros and the reason)."""
+    try:
+        chw, width, height = decode_resized(path, size, fit)
+        pixels[row] = chw
+        return [row, True, width, height, None]
+    except Exception as err:  # any unreadable image is skipped and counted, never fatal
+        pixels[row] = 0  # a resumed row may hold half an image from a killed worker
+        reason = f"{type(err).__name__}: {err}"[:_ERROR_CHARS]
+        return [row, False, None, None, reason]
 
 
 def decode_resized(path: str, size: int, fit: str) -> tuple[np.ndarray, int, int]:

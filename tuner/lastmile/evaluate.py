@@ -26,7 +26,7 @@ from tuner.errors import UserError
 from tuner.lastmile.ensemble import Ensemble, calibration_for, combine_probabilities
 from tuner.lastmile.images import class_indices, decoded_batches, labelled_images
 from tuner.lastmile.loading import load_model
-from tuner.lastmile.predict import check_tta, pick_device
+from tuner.lastmile.predict import check_tta, pick_decode_device, pick_device
 
 
 @dataclass
@@ -67,13 +67,17 @@ def evaluate(
     model_uri: str, images_dir: Path, *, key: Optional[Path] = None, ttas: Sequence[str] = ("none",),
     calibrations: Optional[Sequence[str]] = None, members: bool = False, tracking_uri: Optional[str] = None,
     batch_size: int = 64, device: Optional[str] = None, progress: bool = True, log: bool = True,
+    decode_device: str = "auto",
 ) -> Evaluation:
     for tta in ttas:
         check_tta(tta)
     items = labelled_images(images_dir, key)  # a bad folder fails before the model is fetched
-    model, card = load_model(model_uri, tracking_uri, device=pick_device(device))
+    model_device = pick_device(device)
+    decode_on = pick_decode_device(decode_device, model_device)
+    model, card = load_model(model_uri, tracking_uri, device=model_device)
     labels_all = class_indices([label for _, label in items], model.class_names, f"--images {images_dir}")
-    probs, kept = _member_probabilities(model, [p for p, _ in items], ttas, batch_size, progress)
+    paths = [p for p, _ in items]
+    probs, kept = _member_probabilities(model, paths, ttas, batch_size, progress, decode_on)
     labels = torch.tensor(labels_all)[kept]
     if calibrations is None:  # as promoted: raw, and the model's own calibration when it has one
         calibrations = ["none"] + (["model"] if model.calibration is not None else [])
@@ -95,11 +99,12 @@ def evaluate(
     return evaluation
 
 
-def _member_probabilities(model: Ensemble, paths, ttas, batch_size: int, progress: bool):
+def _member_probabilities(model: Ensemble, paths, ttas, batch_size: int, progress: bool,
+                          decode_device: Optional[torch.device] = None):
     chunks: dict[str, list[torch.Tensor]] = {tta: [] for tta in ttas}
     kept: list[int] = []
     with tqdm(total=len(paths), unit="img", desc="evaluate", disable=not progress) as bar:
-        for positions, images, missed in decoded_batches(paths, batch_size):
+        for positions, images, missed in decoded_batches(paths, batch_size, decode_device):
             if images:
                 for tta in ttas:  # one decode, every view set
                     chunks[tta].append(model.member_probabilities(images, tta))

@@ -4,6 +4,12 @@ A labelled set is either an ImageFolder (``VAL/<class>/<file>``, what searches v
 flat test folder with an answer key (``--key labels.csv``, columns ``id,label``: the shipped
 sample's ``test_labels.csv``). Decoding happens once per image per batch; every model of an
 ensemble cuts its own views from the decoded image, and a batch bounds the memory.
+
+Decoding is Pillow's (``load_rgb_image``), or, with a ``device`` (``--decode-device``; by default the
+model's GPU), the batch's JPEGs in one ``decode_jpeg`` call there (``trainables.gpu_decode``): the
+images are then uint8 ``[3, H, W]`` tensors on that device, the other files decoded by Pillow and
+moved there too. The members' eval transforms take either (torchvision v2 ``ToImage``); the tensor
+resize matches Pillow's within one grey level.
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
+import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from trainables import csvsafe
 from trainables.data import load_rgb_image
+from trainables.gpu_decode import decode_jpegs
 from trainables.image_files import IMAGE_EXTENSIONS
 from tuner.errors import UserError
 
@@ -91,19 +100,36 @@ def class_indices(labels: Sequence[str], class_names: Sequence[str], where: str)
     return [index[label] for label in labels]
 
 
-def decoded_batches(paths: Sequence[Path], batch_size: int
-                    ) -> Iterator[tuple[list[int], list[Image.Image], list[int]]]:
+Decoded = Union[Image.Image, torch.Tensor]  # a PIL image, or uint8 [3, H, W] on the decode device
+
+
+def decoded_batches(paths: Sequence[Path], batch_size: int, device: Optional[torch.device] = None
+                    ) -> Iterator[tuple[list[int], list[Decoded], list[int]]]:
     """(positions decoded, images, positions skipped) per batch of ``paths``. A file that is not a
-    readable image is skipped and logged, never fatal."""
+    readable image is skipped and logged, never fatal. ``device``: see the module docstring."""
     if batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1, got {batch_size}")
     for start in range(0, len(paths), batch_size):
+        batch = range(start, min(start + batch_size, len(paths)))
+        on_device = (decode_jpegs([paths[p] for p in batch], device) if device is not None
+                     else [None] * len(batch))
         positions, images, skipped = [], [], []
-        for position in range(start, min(start + batch_size, len(paths))):
-            try:
-                images.append(load_rgb_image(paths[position]))
-                positions.append(position)
-            except Exception as err:  # not an image, truncated, a bomb: counted, named, not fatal
-                log.info("skipping %s (%s: %s)", Path(paths[position]).name, type(err).__name__, err)
+        for position, decoded in zip(batch, on_device):
+            image = decoded.pixels if decoded is not None else _pillow_image(paths[position], device)
+            if image is None:
                 skipped.append(position)
+            else:
+                images.append(image)
+                positions.append(position)
         yield positions, images, skipped
+
+
+def _pillow_image(path: Path, device: Optional[torch.device]) -> Optional[Decoded]:
+    """The CPU path: Pillow's upright RGB image (as a uint8 tensor on ``device`` when there is one),
+    or None when the file is no readable image (logged)."""
+    try:
+        image = load_rgb_image(path)
+    except Exception as err:  # not an image, truncated, a bomb: counted, named, not fatal
+        log.info("skipping %s (%s: %s)", Path(path).name, type(err).__name__, err)
+        return None
+    return image if device is None else pil_to_tensor(image).to(device)

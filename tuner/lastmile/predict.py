@@ -8,7 +8,8 @@ averages each model's softmax over its views (``trainables.tta``: ``flips``, ``c
 and applies its calibration. Each image is decoded once per batch, whatever the number of views and
 members; a batch bounds the memory. A file that is not a readable image is skipped, counted and
 named by id; the CSV is written to a temporary name and renamed, so a failed run never leaves half a
-submission.
+submission. ``--decode-device`` (``pick_decode_device``): by default a model on a GPU gets its JPEGs
+decoded there in batches (``images.decoded_batches``); ``cpu`` keeps Pillow.
 
 Only checkpoints (``torch.load(weights_only=True)``) and JSON cards are read (``loading.py``); a
 model's Python code is never run, and a pickled pyfunc from an older ``tuner promote`` is refused.
@@ -26,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from trainables import csvsafe
+from trainables.gpu_decode import DecodeDeviceError, resolve_decode_device, usable_gpu_decoder
 from trainables.tta import get_tta
 from tuner.errors import UserError
 from tuner.lastmile.ensemble import Ensemble
@@ -55,6 +57,7 @@ def predict_folder(
     batch_size: int = 64,
     tta: str = "none",
     progress: bool = True,
+    decode_device: Optional[torch.device] = None,
 ) -> PredictionReport:
     check_tta(tta)
     if batch_size < 1:
@@ -65,7 +68,8 @@ def predict_folder(
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
     with tqdm(total=len(items), unit="img", desc="predict", disable=not progress) as bar:
-        for positions, images, missed in decoded_batches([path for _, path in items], batch_size):
+        paths = [path for _, path in items]
+        for positions, images, missed in decoded_batches(paths, batch_size, decode_device):
             skipped.extend(items[p][0] for p in missed)
             if images:
                 predicted = model.probabilities(images, tta).argmax(dim=1).tolist()
@@ -98,15 +102,17 @@ def write_csv_atomically(out: Path, rows: list[tuple[str, str]]) -> None:
 def predict(
     model_uri: str, images_dir: Path, out: Path, *, tracking_uri: Optional[str] = None,
     tta: Optional[str] = None, batch_size: int = 64, progress: bool = True,
-    device: Optional[str] = None,
+    device: Optional[str] = None, decode_device: str = "auto",
 ) -> PredictionReport:
     """``tta`` None: the views the model was promoted with (an ensemble's card records them)."""
     list_test_images(images_dir)  # a bad folder fails before the model is fetched
     if tta is not None:
         check_tta(tta)
-    model, card = load_model(model_uri, tracking_uri, device=pick_device(device))
+    model_device = pick_device(device)
+    decode_on = pick_decode_device(decode_device, model_device)
+    model, card = load_model(model_uri, tracking_uri, device=model_device)
     return predict_folder(model, images_dir, out, tta=tta or card.get("tta", "none"),
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, decode_device=decode_on)
 
 
 def pick_device(device: Optional[str]) -> str:
@@ -119,3 +125,15 @@ def pick_device(device: Optional[str]) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device: {device!r}: no CUDA device on this machine")
     return device
+
+
+def pick_decode_device(flag: str, model_device: str) -> Optional[torch.device]:
+    """``--decode-device``: ``auto`` decodes JPEGs on the model's GPU when it runs on one whose
+    decoder works (a logged line when it does not), else with Pillow; ``cpu``: Pillow; ``cuda`` /
+    ``cuda:N``: there, or one clear error when that GPU is missing or cannot decode."""
+    try:
+        if flag == "auto":
+            return usable_gpu_decoder(model_device) if model_device.startswith("cuda") else None
+        return resolve_decode_device(flag)
+    except DecodeDeviceError as err:
+        raise UserError(str(err)) from None
