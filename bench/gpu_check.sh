@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# bench/gpu_check.sh: the GPU measurements of issue #20 ("Feed the GPU") in ONE run, ONE JSON.
+#
+#   bash bench/gpu_check.sh                    # on the GPU machine: --device cuda, real photos
+#   bash bench/gpu_check.sh --device cpu       # tiny settings: runs here in ~1 min
+#   options: --out FILE (default bench/results/gpu_check.json), --photos DIR (a folder of photos;
+#   default: the repository's 133 real photos, bench/photos/hymenoptera.parquet)
+#
+# Stages, each under its own time cap (timeout(1)); a stage that fails or runs out of time is
+# recorded with the end of its log and the check goes on to the next:
+#   decode   bench/gpu_decode.py       Pillow vs decode_jpeg (nvjpeg) img/s on the photos, tuner data
+#                                      cache built both ways (img/s) and compared pixel by pixel
+#   engine   bench/engine_throughput.py --source cache: a real trial configuration read from the
+#                                      cache, bf16 autocast + channels_last, eager and torch.compile,
+#                                      batch sizes from tuner diagnose batch-size's probe, engine/plain
+#                                      ratio, GPU busy % (NVML), allocator peaks
+#   packing  bench/gpu_packing.py      N = 1, 2, 4 trial processes on the GPU: aggregate and per-trial
+#                                      img/s, memory per process
+# then bench/gpu_check_report.py writes the card (name, capability, memory), torch / torchvision /
+# CUDA versions and every stage's result into ONE JSON; each stage's log is kept beside it
+# (<out>_<stage>.log). Caps on CUDA: 80 + 210 + 140 s, the report ~15 s: under
+# 8 minutes of wall time with Python and CUDA start-up and torch.compile, inside run's timeout_s 540.
+#
+# What the GPU machine needs: python3 with torch, torchvision, numpy, Pillow, pyarrow, filelock,
+# tqdm, PyYAML and rich, and nvidia-ml-py for the busy %; ray, mlflow and optuna are not imported on
+# these paths. The photos travel with the repository (bench/photos/hymenoptera.parquet).
+#   on the GPU machine:  bash bench/gpu_check.sh --out DIR/gpu_check.json    (~8 minutes)
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+DEVICE=cuda
+OUT_FILE=bench/results/gpu_check.json
+PHOTOS=packed
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --out) OUT_FILE=$2; shift 2 ;;
+    --photos) PHOTOS=$2; shift 2 ;;
+    *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}  # the GPU image's python3 holds torch; tests pass their own interpreter
+export PYTHONUNBUFFERED=1
+STARTED=$(date +%s)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+PHOTO_ARGS=()
+if [ "$PHOTOS" != none ] && [ -d "$PHOTOS" ]; then PHOTO_ARGS=(--photos "$PHOTOS"); fi
+
+if [ "$DEVICE" = cpu ]; then  # tiny: the same code paths, sized for a 2-core test machine
+  DECODE_ARGS=(--device cpu --images 12 --cache-images 24 --cache-size 64 --workers 2 --rounds 2)
+  ENGINE_ARGS=(--device cpu --source cache --repeats 2)
+  PACKING_ARGS=(--device cpu)
+  CAPS=(150 150 200)  # safety nets only: ~15, 15 and 20 s on an idle 2-core machine
+else
+  DECODE_ARGS=(--device "$DEVICE")
+  ENGINE_ARGS=(--device "$DEVICE" --source cache --repeats 3 --images 8192 --compile both)
+  PACKING_ARGS=(--device "$DEVICE")
+  CAPS=(80 210 140)
+fi
+
+# stage NAME CAP COMMAND...: runs COMMAND under CAP seconds; leaves NAME.status/.log in $WORK.
+stage() {
+  local name=$1 cap=$2 start rc ms
+  shift 2
+  echo "== $name (cap ${cap} s): $*"
+  start=$(date +%s%N)
+  timeout -k 10 "$cap" "$@" >"$WORK/$name.log" 2>&1
+  rc=$?
+  ms=$((($(date +%s%N) - start) / 1000000))
+  printf '%s\n%d.%03d\n%s\n%s\n' "$rc" $((ms / 1000)) $((ms % 1000)) "$cap" "$*" >"$WORK/$name.status"
+  echo "   exit $rc; last lines:"
+  tail -n 4 "$WORK/$name.log" | sed 's/^/   | /'
+}
+
+# "${A[@]+"${A[@]}"}": an empty array under set -u (bash before 4.4 calls it unbound).
+stage decode "${CAPS[0]}" "$PY" bench/gpu_decode.py "${DECODE_ARGS[@]}" ${PHOTO_ARGS[@]+"${PHOTO_ARGS[@]}"} \
+  --out "$WORK/decode.json"
+stage engine "${CAPS[1]}" "$PY" bench/engine_throughput.py "${ENGINE_ARGS[@]}" ${PHOTO_ARGS[@]+"${PHOTO_ARGS[@]}"} \
+  --out "$WORK/engine.json"
+stage packing "${CAPS[2]}" "$PY" bench/gpu_packing.py "${PACKING_ARGS[@]}" --out "$WORK/packing.json"
+
+timeout -k 5 60 "$PY" bench/gpu_check_report.py --device "$DEVICE" --work "$WORK" --out "$OUT_FILE" \
+  --started "$STARTED" --command "bash bench/gpu_check.sh --device $DEVICE --photos $PHOTOS"
+for name in decode engine packing; do cp "$WORK/$name.log" "${OUT_FILE%.json}_$name.log" 2>/dev/null; done
