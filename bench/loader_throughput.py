@@ -161,12 +161,7 @@ def trial_row(train: Path, preset: str, *, batch_size: int, workers: int,
     loader = make_loader(splits.train, batch_size=batch_size, shuffle=True, num_workers=workers,
                          seed=0, pin_memory=False)
     finish = BatchFinish(MEAN, STD)
-
-    def consume(batch, step: int) -> int:
-        loader.sampler.set_epoch(step)  # only read when the next epoch starts
-        return len(finish(batch.images, step))
-
-    return Row(loader, consume)
+    return Row(loader, lambda batch, step: len(finish(batch.images, step)))
 
 
 def rows_for(train: Path, cache_manifest, args: argparse.Namespace) -> dict[str, Row]:

@@ -99,10 +99,8 @@ def train_one_epoch(
     after_step: Optional[Callable[[], None]] = None,
     finish: Optional[BatchFinish] = None,
 ) -> TrainStats:
-    """One pass over ``loader`` (batches ``(images, labels, indices, skipped)``).
-
-    ``finish`` turns the loader's uint8 batches into normalised (and erased) float ones on the
-    device (``BatchFinish``); without it the batches must be float already.
+    """One pass over ``loader`` (batches ``(images, labels, indices, skipped)``; uint8 ones need
+    ``finish``, the ``BatchFinish`` that normalises and erases them on the device).
 
     Raises ``Diverged`` at the first non-finite loss (checked one step late, see the module doc).
     ``frozen`` modules stay in eval mode: a frozen backbone's BatchNorm statistics must not move.
@@ -123,19 +121,11 @@ def train_one_epoch(
         skipped += bad
         if labels.numel() == 0:
             continue
-        images, labels = _to_device(images, labels, device)
-        images = finish_or_pass(finish, images, step)
-        targets = labels
-        if mix is not None:
-            images, targets = mix(images, labels, step)
-            labels = dominant_label(targets)
+        images, targets, labels = _training_inputs(images, labels, step, device, finish, mix)
         with autocast_for(device):
             logits = model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(clipped, grad_clip_norm)
+        _backward(optimizer, loss, clipped, grad_clip_norm)
         _check_finite(previous, step - 1)
         optimizer.step()
         if after_step is not None:
@@ -154,6 +144,25 @@ def train_one_epoch(
     if not math.isfinite(mean_loss):
         raise Diverged(f"mean training loss is {mean_loss}")
     return TrainStats(mean_loss, correct.item() / max(seen, 1), seen, seconds, skipped)
+
+
+def _training_inputs(images, labels, step: int, device: torch.device, finish: Optional[BatchFinish],
+                     mix: Optional[Callable]):
+    """The batch on the device, finished and mixed: (images, targets, the labels accuracy counts)."""
+    images, labels = _to_device(images, labels, device)
+    images = finish_or_pass(finish, images, step)
+    if mix is None:
+        return images, labels, labels
+    images, targets = mix(images, labels, step)
+    return images, targets, dominant_label(targets)
+
+
+def _backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clipped: list,
+              grad_clip_norm: Optional[float]) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(clipped, grad_clip_norm)
 
 
 @torch.no_grad()

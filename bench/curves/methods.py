@@ -396,30 +396,10 @@ def register_gp_sampler() -> None:
     SAMPLERS.register("gp")(SamplerEntry(build=build, summary="Optuna's Gaussian-process sampler (benchmark)"))
 
 
-def register_rung_tpe_sampler() -> None:
-    """Adds the BOHB-style TPE (bench/curves/rung_tpe.py: the product's TPE fitted on the highest
-    rung with enough finished trials) to the product's sampler registry, for this process only, as
-    ``tpe-rung`` (trials below that rung left out) and ``tpe-rung-keep`` (kept as PRUNED)."""
-    import functools
-
-    from bench.curves.rung_tpe import build_rung_tpe
-    from tuner.search.options import Option
-    from tuner.search.samplers import SAMPLERS, SamplerEntry
-
-    if "tpe-rung" in SAMPLERS:
-        return
-    tpe = SAMPLERS.get("tpe")
-    options = {**tpe.options, "min_points": Option(int, None, minimum=1, help="finished trials a rung needs "
-                                                   "(default: max(n_startup_trials, parameters + 1))")}
-    for name, keep, what in (("tpe-rung", False, "lower rungs left out"),
-                             ("tpe-rung-keep", True, "lower rungs kept as PRUNED")):
-        SAMPLERS.register(name)(SamplerEntry(
-            build=functools.partial(build_rung_tpe, keep_lower=keep), kinds=tpe.kinds, options=options,
-            summary=f"TPE on the highest rung with enough finished trials, {what} (benchmark)"))
-
-
 def _rung_tpe_candidate(name: str, sampler: str) -> None:
     def run(bench, seed):
+        from bench.curves.rung_tpe import register_rung_tpe_sampler  # optuna's internals: only here
+
         register_rung_tpe_sampler()
         return real_driver(bench, seed, bench_spec(bench, seed, name, sampler={"name": sampler}))
 

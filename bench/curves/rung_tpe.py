@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from typing import Any, Container, Optional, Sequence
 
@@ -35,6 +36,9 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from tuner.search.options import Option
+from tuner.search.samplers import SAMPLERS, SamplerEntry, startup_trials
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -185,11 +189,25 @@ class RungTPESampler(BaseSampler):
 def build_rung_tpe(b, *, keep_lower: bool = False) -> RungTPESampler:
     """A ``tuner.search.samplers`` builder: the product's ``tpe`` entry, built with the ``tpe``
     options of ``b``, wrapped; ``min_points`` None: default_min_points."""
-    from tuner.search.samplers import SAMPLERS, startup_trials
-
     tpe_entry = SAMPLERS.get("tpe")
     tpe_options = {k: b.options[k] for k in tpe_entry.options}
     tpe = tpe_entry.build(dataclasses.replace(b, options=tpe_options))
     startup = startup_trials(b) if tpe_options["n_startup_trials"] is None else tpe_options["n_startup_trials"]
     min_points = b.options.get("min_points") or default_min_points(startup, len(b.space))
     return RungTPESampler(tpe, min_points=min_points, keep_lower=keep_lower)
+
+
+def register_rung_tpe_sampler() -> None:
+    """Adds this module's BOHB-style TPE (the product's TPE fitted on the highest rung with enough
+    finished trials) to the product's sampler registry, for this process only, as
+    ``tpe-rung`` (trials below that rung left out) and ``tpe-rung-keep`` (kept as PRUNED)."""
+    if "tpe-rung" in SAMPLERS:
+        return
+    tpe = SAMPLERS.get("tpe")
+    options = {**tpe.options, "min_points": Option(int, None, minimum=1, help="finished trials a rung needs "
+                                                   "(default: max(n_startup_trials, parameters + 1))")}
+    for name, keep, what in (("tpe-rung", False, "lower rungs left out"),
+                             ("tpe-rung-keep", True, "lower rungs kept as PRUNED")):
+        SAMPLERS.register(name)(SamplerEntry(
+            build=functools.partial(build_rung_tpe, keep_lower=keep), kinds=tpe.kinds, options=options,
+            summary=f"TPE on the highest rung with enough finished trials, {what} (benchmark)"))

@@ -125,7 +125,7 @@ def test_it_samples_with_the_constant_liar_and_running_trials():
 
 
 def test_the_registered_builder_sizes_min_points_like_bohb():
-    from bench.curves.methods import register_rung_tpe_sampler
+    from bench.curves.rung_tpe import register_rung_tpe_sampler
     from tuner.search.samplers import build_sampler
     from tuner.search.options import check_options
     from tuner.search.samplers import SAMPLERS
