@@ -123,6 +123,8 @@ def cmd_batch_size(args) -> int:
     )
     print(probe.render_table(report.document), end="")  # rich's table of registry names: as drawn
     echo(f"wrote {report.out} (a spec beside it can say batch_size: {{choice: auto}})")
+    if "gpu_share" in report.document:
+        echo(f"GPU share: {report.document['gpu_share']['advice']}")
     _track(args, probe.tracking_record(report, args.config))
     return 0
 

@@ -35,6 +35,7 @@ from tuner.diagnose.memory import (GiB, ProbeSettings, format_bytes, is_out_of_m
                                    measure_cuda_peak, measure_saved_tensors, parse_memory_size, release)
 from tuner.errors import UserError
 from tuner.spec.batch_probe import PROBE_FORMAT, probe_path
+from tuner.spec.gpu_share import advise_share, is_cuda_probe
 from trainables.config import ConfigError, TrialConfig
 from trainables.data import RobustImageFolder
 from trainables.models import MODELS, build_model
@@ -291,8 +292,21 @@ def probe_document(settings: ProbeSettings, results: list[CandidateResult], sour
         "num_classes": settings.num_classes,
         "optimizer": settings.optimizer,
         "max_batch": settings.max_batch,
+        **_card_memory(device),
         "results": [asdict(r) for r in results],
     }
+
+
+def _card_memory(device: torch.device) -> dict:
+    """The card's memory and what this process holds outside PyTorch's allocator (CUDA context,
+    library workspaces): what ``tuner.spec.gpu_share`` needs to pack trials. Read after the probes,
+    with the cache emptied; another process on the card makes it larger, which errs safe."""
+    if device.type != "cuda":
+        return {"device_total_bytes": None, "context_bytes": None}
+    release(device)
+    free, total = torch.cuda.mem_get_info(device)
+    outside = total - free - torch.cuda.memory_reserved(device)
+    return {"device_total_bytes": int(total), "context_bytes": int(max(outside, 0))}
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -327,6 +341,9 @@ def diagnose_batch_size(
         if progress is not None:
             progress(results[-1])
     document = probe_document(settings, results, str(config_path))
+    if spec is not None and is_cuda_probe(document):
+        advice = advise_share(document, spec)
+        document["gpu_share"] = {**asdict(advice), "advice": advice.describe()}
     out = Path(out) if out is not None else probe_path(config_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")

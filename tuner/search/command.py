@@ -15,6 +15,8 @@ from tuner.places import NAME_RULE, SearchPlaces, is_search_name, resolve_tracki
 from tuner.redact import redact
 from tuner.search.definition import load_definition, save_definition, write_definition
 from tuner.search.driver import ensure_new_search, resume_search, run_search
+from tuner.spec.batch_probe import load_probe, probe_path
+from tuner.spec.gpu_share import check_share
 from tuner.spec.load import load_spec
 from tuner.spec.model import SearchSpec
 from tuner.tracking.callback import MlflowTracking
@@ -76,6 +78,7 @@ def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None
     uri = resolve_tracking_uri(tracking_uri, spec_value=spec.tracking)
     places = search_places(spec.name, tracking_uri=uri, storage=storage)
     ensure_new_search(places, spec)  # before anything is written or run
+    check_gpu_share(spec, Path(spec_file))
     preflight_search(spec, places, address=address)  # one clear line before any trial
     start_dir = Path.cwd()
     save_definition(places, spec, spec_file=Path(spec_file), start_dir=start_dir,
@@ -85,6 +88,16 @@ def start_search(spec_file: Path, *, overrides: dict, name: Optional[str] = None
     print_summary(spec, places, results)
     report_search(spec, places)
     return spec
+
+
+def check_gpu_share(spec: SearchSpec, spec_file: Path) -> None:
+    """A fractional resources.gpu must fit the card by the batch-size probe beside the spec, when
+    one was measured on CUDA (``tuner diagnose batch-size SPEC``); without one Ray packs blindly."""
+    path = probe_path(spec_file)
+    if 0 < spec.resources.gpu < 1 and path.is_file():
+        advice = check_share(load_probe(path), spec, path.name)
+        if advice is not None:
+            log.info("GPU share checked against %s: %s", path.name, advice.describe())
 
 
 def resume(name: str, *, more: Optional[int] = None, storage: Optional[str] = None,
