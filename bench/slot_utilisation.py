@@ -14,7 +14,9 @@ the trial's own ``epoch_time_s`` (train + validation, timed inside the trial). F
 - per-epoch gap: the end of one epoch's compute -> the next one's start (checkpoint written, result
   reported, Ray's bookkeeping);
 - driver CPU-seconds per trial (this process: Ray's driver loop, the searcher, the MLflow callback),
-  the sampler's own suggest CPU time apart; peak driver RSS.
+  the sampler's own suggest CPU time apart; also split into the once-per-search set-up (before the
+  first trial starts: MLflow's and Optuna's stores, the Tuner) and the per-trial cost while trials
+  run (``driver_cpu_s_per_trial_running``); peak driver RSS.
 
 Usage: python bench/slot_utilisation.py [--trials 12] [--slots 2] [--out bench/results/slot_utilisation.json]
 On 2 idle CPU cores: ~5 minutes. Run it on an otherwise idle machine: it measures time.
@@ -119,8 +121,14 @@ def timed_tracking(**kwargs):
         def __init__(self, **inner):
             super().__init__(**inner)
             self.times: dict[str, TrialTimes] = {}
+            # Driver CPU (process_time) when the first trial started and when the last one ended:
+            # the search's set-up and tear-down apart from the per-trial work between them.
+            self.cpu_first_start: Optional[float] = None
+            self.cpu_last_end: Optional[float] = None
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            if self.cpu_first_start is None:
+                self.cpu_first_start = time.process_time()
             self.times.setdefault(trial.trial_id, TrialTimes(trial.trial_id, time.time()))
             super().on_trial_start(iteration, trials, trial, **info)
 
@@ -132,10 +140,12 @@ def timed_tracking(**kwargs):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.times[trial.trial_id].end = time.time()
             super().on_trial_complete(iteration, trials, trial, **info)
+            self.cpu_last_end = time.process_time()
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.times[trial.trial_id].end = time.time()
             super().on_trial_error(iteration, trials, trial, **info)
+            self.cpu_last_end = time.process_time()
 
     return TimedTracking(**kwargs)
 
@@ -191,10 +201,18 @@ def run(work: Path, *, trials: int, slots: int) -> dict:
     ended, cpu_after = time.time(), time.process_time()
     times = list(tracking.times.values())
     driver_cpu = cpu_after - cpu_before
+    setup = tracking.cpu_first_start - cpu_before
+    running = tracking.cpu_last_end - tracking.cpu_first_start
     return {
         **slot_metrics(times, slots, ended),
         "driver_cpu_s_per_trial": round((driver_cpu - clock.cpu_s) / len(times), 3),
         "driver_cpu_s_total": round(driver_cpu, 2),
+        # Set-up: connecting MLflow and Optuna's storage (on a fresh SQLite file: creating their
+        # tables), building the Tuner; the first trial's suggestion falls in it too. Once per search.
+        "driver_setup_cpu_s": round(setup, 2),
+        "driver_teardown_cpu_s": round(cpu_after - tracking.cpu_last_end, 2),
+        # Between the first trial's start and the last one's end, per trial, suggestions excluded.
+        "driver_cpu_s_per_trial_running": round((running - clock.cpu_s) / len(times), 3),
         "suggest_cpu_s_per_trial": round(clock.cpu_s / max(clock.calls, 1), 3),
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "wall_s": round(ended - started, 1),
@@ -217,6 +235,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         row = run(Path(scratch), trials=args.trials, slots=args.slots)
     print(f"{row['trials']} trials, {args.slots} slots, {row['wall_s']} s wall, {row['epochs']} epochs")
     for key in ("slot_utilisation", "drain_utilisation", "search_utilisation", "driver_cpu_s_per_trial",
+                "driver_setup_cpu_s", "driver_cpu_s_per_trial_running",
                 "suggest_cpu_s_per_trial", "driver_peak_rss_mib"):
         print(f"  {key:<26}{row[key]}")
     print(f"  {'startup_s (median/max)':<26}{row['startup_s']['median']} / {row['startup_s']['max']}")

@@ -335,6 +335,10 @@ _candidate("tpe5+asha", "TPE with 5 random start-ups + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"n_startup_trials": 5}}, None)
 _candidate("tpe-nolie+asha", "TPE without the constant liar + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"constant_liar": False}}, None)
+_candidate("tpe-ei64+asha", "TPE scoring 64 candidates per suggestion + ASHA (grace 1, rf 3)",
+           {"name": "tpe", "options": {"n_ei_candidates": 64}}, None)
+_candidate("tpe-g20+asha", "TPE whose good density is the top 20 % + ASHA (grace 1, rf 3)",
+           {"name": "tpe", "options": {"gamma": 0.2}}, None)
 _candidate("tpe-indep+asha", "univariate TPE (Optuna's default) + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"multivariate": False}}, None)
 

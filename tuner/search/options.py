@@ -17,6 +17,7 @@ class Option:
     kind: type  # bool, int, float or str
     default: Any  # None: the library's own default
     minimum: Optional[float] = None
+    maximum: Optional[float] = None
     choices: tuple = ()
     help: str = ""
 
@@ -54,6 +55,8 @@ def _checked(value: Any, option: Option, fail: Callable[[str], Any]) -> Any:
         value = option.kind(value)
         if option.minimum is not None and value < option.minimum:
             fail(f"must be >= {option.minimum:g}, got {value!r}")
+        if option.maximum is not None and value > option.maximum:
+            fail(f"must be <= {option.maximum:g}, got {value!r}")
     if option.choices and value not in option.choices:
         fail(f"must be one of {', '.join(map(str, option.choices))}, got {value!r}")
     return value

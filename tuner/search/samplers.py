@@ -9,6 +9,7 @@ Builders import optuna inside themselves: the spec parser reads this registry's 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -62,6 +63,8 @@ def _register(name: str, **entry):
         "n_startup_trials": Option(int, None, minimum=0, help="random trials before the model is used "
                                    "(default: sized to the budget, see startup_trials)"),
         "n_ei_candidates": Option(int, 24, minimum=1, help="candidates scored per suggestion"),
+        "gamma": Option(float, 0.1, minimum=0.01, maximum=0.5,
+                        help="fraction of the finished trials the model calls good (at most 25)"),
     },
 )
 def _tpe(b: SamplerBuild):
@@ -74,8 +77,20 @@ def _tpe(b: SamplerBuild):
         group=(b.conditional and o["multivariate"]) if o["group"] is None else o["group"],
         constant_liar=b.max_concurrent > 1 if o["constant_liar"] is None else o["constant_liar"],
         n_startup_trials=startup_trials(b) if o["n_startup_trials"] is None else o["n_startup_trials"],
-        n_ei_candidates=o["n_ei_candidates"],
+        n_ei_candidates=o["n_ei_candidates"], gamma=GoodFraction(o["gamma"]),
     )
+
+
+@dataclass(frozen=True)
+class GoodFraction:
+    """TPE's gamma: how many of ``n`` finished trials form the "good" density, ceil(fraction x n),
+    at most 25 (Optuna's default is this with 0.1). A class, not a lambda: the sampler is pickled
+    with the searcher's state for a resume."""
+
+    fraction: float
+
+    def __call__(self, n: int) -> int:
+        return min(math.ceil(self.fraction * n), 25)
 
 
 MAX_STARTUP_TRIALS = 10  # Optuna's own default, for open-ended and large searches

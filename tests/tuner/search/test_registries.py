@@ -86,6 +86,23 @@ def test_an_option_reaches_the_optuna_sampler(tmp_path):
     assert sampler._n_startup_trials == 3
 
 
+def test_tpe_gamma_is_the_good_fraction_capped_at_25_and_survives_a_pickle(tmp_path):
+    import pickle  # the searcher's state is pickled for a resume: the sampler must be too
+
+    spec = spec_with(tmp_path, {"loguniform"}, sampler={"name": "tpe", "options": {"gamma": 0.2}})
+    sampler = build_sampler("tpe", space=spec.space, seed=0, options=spec.sampler.options, max_concurrent=1)
+    gamma = pickle.loads(pickle.dumps(sampler))._gamma
+    assert [gamma(n) for n in (1, 10, 11, 60, 500)] == [1, 2, 3, 12, 25]
+    default = build_sampler("tpe", space=spec.space, seed=0, max_concurrent=1,
+                            options={**spec.sampler.options, "gamma": 0.1})._gamma
+    # 0.1 is Optuna's own default_gamma: the default search is unchanged by the option.
+    from optuna.samplers._tpe.sampler import default_gamma  # private: compared, never called by the product
+
+    assert [default(n) for n in range(0, 400, 7)] == [default_gamma(n) for n in range(0, 400, 7)]
+    with pytest.raises(SpecError, match=r"sampler.options.gamma: must be <= 0.5, got 0.7"):
+        spec_with(tmp_path, {"loguniform"}, sampler={"name": "tpe", "options": {"gamma": 0.7}})
+
+
 def test_univariate_tpe_builds_on_a_conditional_space(tmp_path):
     # Optuna refuses group=True without multivariate: the default group follows the model.
     spec = parse_spec({"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
