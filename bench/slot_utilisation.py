@@ -113,6 +113,23 @@ def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 4)
 
 
+def driver_cpu(before: float, first_start: float, last_end: float, after: float, *,
+               suggest_cpu: float, trials: int) -> dict:
+    """The driver's CPU seconds (process_time marks), whole and split: the set-up before the first
+    trial starts (MLflow's and Optuna's stores, on a fresh SQLite file their tables; the Tuner; the
+    first suggestion), the work while trials run, the tear-down after the last one ends."""
+    total, running = after - before, last_end - first_start
+    return {
+        "driver_cpu_s_per_trial": round((total - suggest_cpu) / trials, 3),
+        "driver_cpu_s_total": round(total, 2),
+        "driver_setup_cpu_s": round(first_start - before, 2),
+        "driver_teardown_cpu_s": round(after - last_end, 2),
+        # Per trial while trials run, suggestions excluded (all of them: the first is in the set-up,
+        # so this errs high by one suggestion's share).
+        "driver_cpu_s_per_trial_running": round((running - suggest_cpu) / trials, 3),
+    }
+
+
 def timed_tracking(**kwargs):
     """The product's MLflow callback, also taking each trial's times (driver wall clock)."""
     from tuner.tracking.callback import MlflowTracking
@@ -200,19 +217,10 @@ def run(work: Path, *, trials: int, slots: int) -> dict:
     results = run_search(spec, places, tracking)
     ended, cpu_after = time.time(), time.process_time()
     times = list(tracking.times.values())
-    driver_cpu = cpu_after - cpu_before
-    setup = tracking.cpu_first_start - cpu_before
-    running = tracking.cpu_last_end - tracking.cpu_first_start
     return {
         **slot_metrics(times, slots, ended),
-        "driver_cpu_s_per_trial": round((driver_cpu - clock.cpu_s) / len(times), 3),
-        "driver_cpu_s_total": round(driver_cpu, 2),
-        # Set-up: connecting MLflow and Optuna's storage (on a fresh SQLite file: creating their
-        # tables), building the Tuner; the first trial's suggestion falls in it too. Once per search.
-        "driver_setup_cpu_s": round(setup, 2),
-        "driver_teardown_cpu_s": round(cpu_after - tracking.cpu_last_end, 2),
-        # Between the first trial's start and the last one's end, per trial, suggestions excluded.
-        "driver_cpu_s_per_trial_running": round((running - clock.cpu_s) / len(times), 3),
+        **driver_cpu(cpu_before, tracking.cpu_first_start, tracking.cpu_last_end, cpu_after,
+                     suggest_cpu=clock.cpu_s, trials=len(times)),
         "suggest_cpu_s_per_trial": round(clock.cpu_s / max(clock.calls, 1), 3),
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "wall_s": round(ended - started, 1),

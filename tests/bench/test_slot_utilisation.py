@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.slot_utilisation import TrialTimes, busy_fraction, epoch_gaps, slot_metrics, startup_seconds
+from bench.slot_utilisation import (TrialTimes, busy_fraction, driver_cpu, epoch_gaps, slot_metrics,
+                                    startup_seconds)
 
 
 def trial(name: str, start: float, epochs: list[tuple[float, float]]) -> TrialTimes:
@@ -33,3 +34,11 @@ def test_a_trial_without_reports_has_no_start_up_and_an_empty_window_no_fraction
     silent = TrialTimes("x", 3.0)
     assert startup_seconds(silent) is None and epoch_gaps(silent) == []
     assert busy_fraction([silent], (3.0, 3.0), slots=2) is None
+
+
+def test_driver_cpu_splits_the_set_up_from_the_work_while_trials_run():
+    # 4 s before the first trial (stores, Tuner), 3 s while 10 trials ran (0.5 of it suggesting),
+    # 1 s after the last one ended.
+    split = driver_cpu(10.0, 14.0, 17.0, 18.0, suggest_cpu=0.5, trials=10)
+    assert split == {"driver_cpu_s_per_trial": 0.75, "driver_cpu_s_total": 8.0, "driver_setup_cpu_s": 4.0,
+                     "driver_teardown_cpu_s": 1.0, "driver_cpu_s_per_trial_running": 0.25}
