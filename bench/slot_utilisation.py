@@ -245,9 +245,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for key in ("slot_utilisation", "drain_utilisation", "search_utilisation", "driver_cpu_s_per_trial",
                 "driver_setup_cpu_s", "driver_cpu_s_per_trial_running",
                 "suggest_cpu_s_per_trial", "driver_peak_rss_mib"):
-        print(f"  {key:<26}{row[key]}")
-    print(f"  {'startup_s (median/max)':<26}{row['startup_s']['median']} / {row['startup_s']['max']}")
-    print(f"  {'epoch_gap_s (median/max)':<26}{row['epoch_gap_s']['median']} / {row['epoch_gap_s']['max']}")
+        print(f"  {key:<33}{row[key]}")
+    print(f"  {'startup_s (median/max)':<33}{row['startup_s']['median']} / {row['startup_s']['max']}")
+    print(f"  {'epoch_gap_s (median/max)':<33}{row['epoch_gap_s']['median']} / {row['epoch_gap_s']['max']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "bench/slot_utilisation.py", *(sys.argv[1:] if argv is None else argv)])
