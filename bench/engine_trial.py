@@ -33,7 +33,7 @@ from bench.photo_sets import image_folder, photo_source
 from trainables.config import TrialConfig
 from trainables.gpu_decode import usable_gpu_decoder
 from tuner.datasets.cache import build_cache
-from tuner.diagnose.batch_size import Candidate, probe_candidate
+from tuner.diagnose.batch_size import Candidate, card_memory, probe_candidate
 from tuner.diagnose.memory import GiB, ProbeSettings
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -79,7 +79,9 @@ def probe_batch_size(arch: str, width: float, image_size: int, classes: int, dev
                              limit_bytes=limit, margin=PROBE_MARGIN, image_size=image_size,
                              num_classes=classes, optimizer="sgd", max_batch=cap)
     result = asdict(probe_candidate(Candidate(arch, width), settings))
-    return {**result, "measure": settings.measure, "limit_bytes": limit, "margin": PROBE_MARGIN,
+    # The card's memory and the process's CUDA context, as the spec's GPU-share check reads them.
+    return {**result, **card_memory(device), "measure": settings.measure, "limit_bytes": limit,
+            "margin": PROBE_MARGIN,
             "how": "tuner.diagnose.batch_size.probe_candidate (tuner diagnose batch-size), capped"}
 
 

@@ -96,6 +96,10 @@ def summary(stages: dict) -> dict:
     keys = ("batch_size", "compile", "error", "engine_images_per_s", "plain_images_per_s", "ratio",
             "gpu_busy_pct")
     out["engine_rows"] = [{k: row.get(k) for k in keys} for row in engine.get("rows", [])]
+    probe = engine.get("probe") or {}
+    # What `tuner search` checks a fractional resources.gpu against: the card and the CUDA context.
+    out["probe_memory"] = {k: probe.get(k) for k in ("arch", "max_batch_size", "bytes_at_max",
+                                                     "device_total_bytes", "context_bytes")}
     packing = stages["packing"].get("result") or {}
     out["packing_aggregate_vs_one_process"] = packing.get("scaling_vs_one_process")
     return out

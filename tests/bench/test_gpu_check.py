@@ -39,6 +39,9 @@ def test_the_cpu_run_writes_one_json_with_numbers_from_every_stage(tmp_path):
     engine = stages["engine"]["result"]
     assert engine["source"] == "cache" and engine["data"]["cache"]["images"] >= 128
     assert engine["probe"]["max_batch_size"] >= 1 and engine["gpu_busy_how"]
+    # The card fields the GPU-share check reads: none without a card, in the probe and the summary.
+    assert engine["probe"]["device_total_bytes"] is None and engine["probe"]["context_bytes"] is None
+    assert report["summary"]["probe_memory"]["max_batch_size"] == engine["probe"]["max_batch_size"]
     assert len(engine["rows"]) >= 1
     for row in engine["rows"]:
         assert row["engine_images_per_s"] > 0 and row["plain_images_per_s"] > 0 and row["ratio"] > 0

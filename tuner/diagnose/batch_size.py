@@ -292,12 +292,12 @@ def probe_document(settings: ProbeSettings, results: list[CandidateResult], sour
         "num_classes": settings.num_classes,
         "optimizer": settings.optimizer,
         "max_batch": settings.max_batch,
-        **_card_memory(device),
+        **card_memory(device),
         "results": [asdict(r) for r in results],
     }
 
 
-def _card_memory(device: torch.device) -> dict:
+def card_memory(device: torch.device) -> dict:
     """The card's memory and what this process holds outside PyTorch's allocator (CUDA context,
     library workspaces): what ``tuner.spec.gpu_share`` needs to pack trials. Read after the probes,
     with the cache emptied; another process on the card makes it larger, which errs safe."""
