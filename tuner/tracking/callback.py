@@ -185,7 +185,7 @@ class MlflowTracking(Callback):
         entry = self.state["trials"].setdefault(trial.trial_id, {})
         entry.update(recorded=True, best=entry.get("best"), last_step=entry.get("last_step", 0),
                      status=RUNNING)
-        self.writer.save_state()
+        self.writer.save_trial(trial.trial_id)
         config = dict(trial.config)
         searched = sorted(k for k in self.search_params.get("space", {}) if k in config)
         tags = {
@@ -211,7 +211,7 @@ class MlflowTracking(Callback):
             return
         if entry.get("status") != RUNNING:  # restarted after a failure or a restore
             entry["status"] = RUNNING
-            self.writer.save_state()
+            self.writer.save_trial(trial.trial_id)
         self.writer.record({"op": "log", "target": trial.trial_id, "tags": {STATUS_TAG: RUNNING}})
         self.writer.record({"op": "status", "target": trial.trial_id, "status": "RUNNING"})
 
@@ -236,7 +236,7 @@ class MlflowTracking(Callback):
                 entry["best"] = float(value)
             metrics.append(metric_row(f"best_{self.metric}", entry["best"], timestamp_ms, step))
         entry["last_step"] = step
-        self.writer.save_state()
+        self.writer.save_trial(trial.trial_id)
         if metrics:
             self.writer.record({"op": "log", "target": trial.trial_id, "metrics": metrics})
 
@@ -250,7 +250,7 @@ class MlflowTracking(Callback):
         entry = self._ensure_child(trial)
         status = trial_status(trial.last_result, errored=errored)
         entry["status"] = status
-        self.writer.save_state()
+        self.writer.save_trial(trial.trial_id)
         tags = {STATUS_TAG: status}
         best = _best_checkpoint_uri(trial)
         if best:

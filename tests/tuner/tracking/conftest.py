@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from tests.conftest import fresh_postgres_database
+from tuner.tracking.buffer import load_run_state
 
 SEARCH = "team"
 SPEC = {
@@ -317,7 +318,7 @@ def resumed_store(team_search, tmp_path_factory):
     trials, results = real_trials(team_search.ray_dir), ray_results(team_search.ray_dir)
     drive(make_tracking(uri, state_dir, team_search.work / "team.yaml"), trials, results,
           epochs_upto=1, end=False)
-    first = json.loads((state_dir / "tuner_mlflow_runs.json").read_text())
+    first = load_run_state(state_dir)
     drive(make_tracking(uri, state_dir), trials, results)
     return root, uri, state_dir, first
 

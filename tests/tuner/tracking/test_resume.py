@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from tests.tuner.tracking.conftest import (
     SEARCH, drive, free_port, make_tracking, pending_writes, ray_results, real_trials,
 )
-from tuner.tracking.buffer import replay
+from tuner.tracking.buffer import load_run_state, replay
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_resumed_driver_continues_the_same_runs(resumed_store, team_search):
     client = MlflowClient(uri)
     results = ray_results(team_search.ray_dir)
     assert_complete_tree(client, results)
-    state = json.loads((state_dir / "tuner_mlflow_runs.json").read_text())
+    state = load_run_state(state_dir)
     assert state["parent_run_id"] == first_state["parent_run_id"]
     assert {t: e["run_id"] for t, e in state["trials"].items()} == \
         {t: e["run_id"] for t, e in first_state["trials"].items()}
