@@ -61,7 +61,9 @@ class TrackingWriter:
         self.tracking_uri = tracking_uri
         self.state_dir = Path(state_dir)
         self.search_name = search_name
-        self.state: dict = self._load_state()
+        self.state: dict = load_run_state(self.state_dir)
+        self._journal_lines = 0  # lines appended since the last snapshot
+        self._fold_journal()
         self.pending: list[dict] = self._load_pending()
         # Operations recorded by this process and never sent: no earlier attempt can have reached
         # MLflow, so creating their run needs no search for one (a query that grows with the runs).
@@ -76,15 +78,12 @@ class TrackingWriter:
     def pending_path(self) -> Path:
         return self.state_dir / PENDING_FILE
 
-    def _load_state(self) -> dict:
-        self.state = load_run_state(self.state_dir)
-        self._journal_lines = 0
+    def _fold_journal(self) -> None:
+        """An earlier driver's journal goes into a fresh snapshot: a line torn by a killed driver
+        must not have this driver's first append glued onto it."""
         journal = self.state_dir / TRIALS_JOURNAL
         if journal.is_file() and journal.stat().st_size:
-            # Folded into a fresh snapshot: a line torn by a killed driver must not have the next
-            # append glued onto it.
             self.save_state()
-        return self.state
 
     def save_state(self) -> None:
         """Writes the whole state (a new generation) and empties the trial journal."""
