@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.curves import replay  # noqa: E402
+from bench.curves import candidates, replay  # noqa: E402, F401 (candidates: registers --methods names)
 from bench.curves.methods import (BASELINE_METHOD, DEFAULT_METHOD, DEFAULT_METHODS, METHODS, Bench,  # noqa: E402
                                   bench_spec, get_method, register_gp_sampler)
 from bench.curves.metrics import anytime_best, percentile, speedup, summarise_method  # noqa: E402
