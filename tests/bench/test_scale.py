@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.scale import main
+from bench.scale import main, package_import_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -26,3 +26,22 @@ def test_a_small_scale_run_saves_consistent_numbers(tmp_path):
     assert 0 < saved["driver_cpu_s_per_trial"] * 6 <= saved["driver_cpu_s_total"]
     assert saved["leaderboard_cli_ok"] and saved["leaderboard_cli_s"] > 0 and saved["mlflow_runs_query_s"] > 0
     assert saved["leaderboard_csv_all_cli_s"] > 0 and 0 < saved["mlflow_import_s"] < saved["leaderboard_cli_s"]
+
+
+def test_the_mlflow_share_of_an_import_log_counts_each_outermost_mlflow_entry_once():
+    # python -X importtime's layout: children first, one indentation step (2 spaces) deeper.
+    log = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       100 |        100 |       pandas.core",
+        "import time:       200 |        300 |     pandas",
+        "import time:       400 |        400 |     mlflow.entities",
+        "import time:       500 |       1200 |   mlflow",
+        "import time:        50 |       1300 | tuner.tracking.store",
+        "import time:        70 |         70 |   mlflowish",
+        "import time:        30 |        100 | other",
+        "import time:       600 |        600 | mlflow.store.tracking.sqlalchemy_store",
+    ])
+    # mlflow (1200, its pandas and mlflow.entities inside) + the later top-level store (600).
+    assert package_import_seconds(log, "mlflow") == pytest.approx(1800 / 1e6)
+    assert package_import_seconds(log, "tuner") == pytest.approx(1300 / 1e6)
+    assert package_import_seconds("no import lines", "mlflow") == 0
