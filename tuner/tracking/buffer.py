@@ -1,9 +1,11 @@
-"""Every MLflow write of a search: written ahead to a file, sent in order, never silently lost.
+"""Every MLflow write of a search: written ahead to a file, sent in each run's order, never silently lost.
 
 The tracking callback turns each event into an *operation* (create a run, log a batch, set a status,
 upload a folder) and hands it to ``TrackingWriter.record``. The operation is appended to
-``mlflow_pending.jsonl`` in the search's state folder, then sent. When MLflow cannot be reached (a
-tracking server restarting, a network cut), the operation stays in the file, the search goes on, and
+``mlflow_pending.jsonl`` in the search's state folder, then sent: at once, or by the driver's
+sender thread (``tuner.tracking.sender``), which sends each run's queued log operations as one
+``log_batch`` when it has fallen behind (a run's writes keep their order). When MLflow cannot be
+reached (a tracking server restarting, a network cut), the operation stays in the file, the search goes on, and
 the queue is replayed in order on the next call that succeeds (at most every ``RETRY_AFTER_S``), at
 the end of the search, and by ``tuner resume``. Whatever is still unsent at the end is listed, one
 line each, in a warning, and stays in the file. Operations MLflow refuses outright (a deleted run, an
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -54,6 +57,10 @@ class Refused(Exception):
     """An operation that can never succeed (its run was never created, say)."""
 
 
+class _Unreachable(Exception):
+    """MLflow could not be reached: the rest of the queue waits for the next flush."""
+
+
 class TrackingWriter:
     """Owns the run-id state, the pending queue and the MlflowClient of one search."""
 
@@ -61,6 +68,10 @@ class TrackingWriter:
         self.tracking_uri = tracking_uri
         self.state_dir = Path(state_dir)
         self.search_name = search_name
+        # Guards the state and the queue: a sender thread (``tuner.tracking.sender``) may send while
+        # the Ray loop records. Whoever changes ``state`` holds it too (re-entrant).
+        self.lock = threading.RLock()
+        self._sending = threading.Lock()  # one flush at a time: the order of writes is kept
         self.state: dict = load_run_state(self.state_dir)
         self._journal_lines = 0  # lines appended since the last snapshot
         self._fold_journal()
@@ -70,6 +81,7 @@ class TrackingWriter:
         self._never_sent: set[int] = set()
         self.rejected: list[str] = []
         self._client = None
+        self.sender = None  # a tuner.tracking.sender.Sender once started
         self._retry_at = 0.0
         self.last_error: Optional[str] = None
 
@@ -87,22 +99,24 @@ class TrackingWriter:
 
     def save_state(self) -> None:
         """Writes the whole state (a new generation) and empties the trial journal."""
-        self.state["generation"] = int(self.state.get("generation", 0)) + 1
-        _write_atomically(self.state_dir / STATE_FILE, json.dumps(self.state, indent=1))
-        # A crash before this line leaves lines of the previous generation: load_run_state skips them.
-        _write_atomically(self.state_dir / TRIALS_JOURNAL, "")
-        self._journal_lines = 0
+        with self.lock:
+            self.state["generation"] = int(self.state.get("generation", 0)) + 1
+            _write_atomically(self.state_dir / STATE_FILE, json.dumps(self.state, indent=1))
+            # A crash before this line leaves lines of the previous generation: load_run_state skips them.
+            _write_atomically(self.state_dir / TRIALS_JOURNAL, "")
+            self._journal_lines = 0
 
     def save_trial(self, trial_id: str) -> None:
         """Persists one trial's entry by appending it to the journal (compacted now and then)."""
-        if self._journal_lines >= COMPACT_AFTER or "generation" not in self.state:
-            self.save_state()
-            return
-        line = {"generation": self.state["generation"], "trial": trial_id,
-                "entry": self.state["trials"][trial_id]}
-        with open(self.state_dir / TRIALS_JOURNAL, "a") as handle:
-            handle.write(json.dumps(line) + "\n")
-        self._journal_lines += 1
+        with self.lock:
+            if self._journal_lines >= COMPACT_AFTER or "generation" not in self.state:
+                self.save_state()
+                return
+            line = {"generation": self.state["generation"], "trial": trial_id,
+                    "entry": self.state["trials"][trial_id]}
+            with open(self.state_dir / TRIALS_JOURNAL, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+            self._journal_lines += 1
 
     def _load_pending(self) -> list[dict]:
         if not self.pending_path.is_file():
@@ -133,50 +147,86 @@ class TrackingWriter:
         return self._client
 
     def run_id(self, target: str) -> Optional[str]:
-        if target == SEARCH_TARGET:
-            return self.state.get("parent_run_id")
-        return self.state["trials"].get(target, {}).get("run_id")
+        with self.lock:
+            if target == SEARCH_TARGET:
+                return self.state.get("parent_run_id")
+            return self.state["trials"].get(target, {}).get("run_id")
 
     # --- queue ---
     def record(self, op: dict) -> None:
-        """Writes ``op`` ahead to the pending file, then sends whatever the queue holds."""
-        self.pending.append(op)
-        self._never_sent.add(id(op))
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.pending_path, "a") as handle:
-            handle.write(json.dumps(op) + "\n")
-        self.flush()
+        """Writes ``op`` ahead to the pending file, then sends whatever the queue holds (or, with a
+        sender thread running, wakes it and returns at once)."""
+        with self.lock:
+            self.pending.append(op)
+            self._never_sent.add(id(op))
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.pending_path, "a") as handle:
+                handle.write(json.dumps(op) + "\n")
+            sender = self.sender
+        if sender is not None:
+            sender.wake()
+        else:
+            self.flush()
+
+    @property
+    def waiting(self) -> int:
+        """Operations recorded and not sent yet."""
+        with self.lock:
+            return len(self.pending)
+
+    @property
+    def retry_at(self) -> float:
+        """``time.monotonic()`` before which a flush without ``force`` sends nothing."""
+        return self._retry_at
 
     def flush(self, *, force: bool = False) -> bool:
-        """Sends pending operations in order; True when none is left."""
-        if not self.pending:
-            return True
-        if not force and time.monotonic() < self._retry_at:
-            return False
-        sent = 0
-        for op in list(self.pending):
-            first_attempt = id(op) in self._never_sent
-            self._never_sent.discard(id(op))  # from now on, an attempt may have reached MLflow
-            try:
-                self.apply(op, first_attempt=first_attempt)
-            except Exception as err:  # classified below: retried later, or refused for good
-                if isinstance(err, Refused) or not is_transient(err):
-                    self._reject(op, err)
-                    sent += 1
-                    continue
+        """Sends pending operations in order; True when none is left.
+
+        The queue's log operations of one run, up to the run's next operation of another kind, go
+        as one ``log_batch``: a sender that fell behind catches up in fewer, larger writes."""
+        with self._sending:
+            with self.lock:
+                if not self.pending:
+                    return True
+                if not force and time.monotonic() < self._retry_at:
+                    return False
+                ops = list(self.pending)
+            done: set[int] = set()  # id() of each operation sent or set aside
+            for group in coalesced(ops):
+                try:
+                    self._send(group)
+                except _Unreachable:
+                    break
+                done.update(id(op) for op in group)
+            with self.lock:
+                if done:
+                    if len(done) == len(ops) and self.last_error:
+                        log.warning("MLflow at %s is back: %d buffered writes sent", self.tracking_uri,
+                                    len(done))
+                        self.last_error = None
+                    self.pending = [op for op in self.pending if id(op) not in done]
+                    self._rewrite_pending()
+                return not self.pending
+
+    def _send(self, group: list[dict]) -> None:
+        """Sends one operation, or several log operations of one run merged; raises _Unreachable
+        (after noting when to retry) if MLflow cannot be reached."""
+        with self.lock:
+            first_attempt = all(id(op) in self._never_sent for op in group)
+            self._never_sent.difference_update(id(op) for op in group)  # an attempt may now reach MLflow
+        try:
+            self.apply(group[0] if len(group) == 1 else merge_logs(group), first_attempt=first_attempt)
+        except Exception as err:  # classified below: retried later, or refused for good
+            if not isinstance(err, Refused) and is_transient(err):
                 self.last_error = short_error(err)
                 self._retry_at = time.monotonic() + RETRY_AFTER_S
-                log.debug("MLflow unreachable (%s); %d writes pending", self.last_error,
-                          len(self.pending) - sent)
-                break
-            sent += 1
-        if sent:
-            if sent == len(self.pending) and self.last_error:
-                log.warning("MLflow at %s is back: %d buffered writes sent", self.tracking_uri, sent)
-                self.last_error = None
-            self.pending = self.pending[sent:]
-            self._rewrite_pending()
-        return not self.pending
+                log.debug("MLflow unreachable (%s); %d writes pending", self.last_error, len(self.pending))
+                raise _Unreachable from err
+            if len(group) == 1:
+                self._reject(group[0], err)
+            else:  # refused as a whole: one by one, so that only the write at fault is set aside
+                for op in group:
+                    self._send([op])
 
     def _reject(self, op: dict, err: BaseException) -> None:
         line = f"{self.describe(op)} ({short_error(err)})"
@@ -187,7 +237,10 @@ class TrackingWriter:
             handle.write(json.dumps({**op, "error": short_error(err)}) + "\n")
 
     def close(self) -> list[str]:
-        """Last flush; warns with every write still unsent (kept for ``tuner resume``)."""
+        """Stops the sender thread if one runs; last flush; warns with every write still unsent
+        (kept for ``tuner resume``)."""
+        if self.sender is not None:
+            self.sender.stop()
         self.flush(force=True)
         unsent = [self.describe(op) for op in self.pending]
         if unsent:
@@ -240,8 +293,9 @@ class TrackingWriter:
                 client.restore_experiment(experiment_id)
         for key, value in op.get("tags", {}).items():
             client.set_experiment_tag(experiment_id, key, value)
-        self.state["experiment_id"] = experiment_id
-        self.save_state()
+        with self.lock:
+            self.state["experiment_id"] = experiment_id
+            self.save_state()
 
     def _apply_create(self, op: dict, *, first_attempt: bool = False) -> None:
         target = op["target"]
@@ -259,12 +313,13 @@ class TrackingWriter:
             earlier = None if first_attempt else self._find_run(experiment_id, tags)
             run_id = earlier or self.client.create_run(
                 experiment_id, run_name=op["run_name"], tags=tags).info.run_id
-            if target == SEARCH_TARGET:
-                self.state["parent_run_id"] = run_id
-                self.save_state()
-            else:
-                self.state["trials"].setdefault(target, {})["run_id"] = run_id
-                self.save_trial(target)
+            with self.lock:
+                if target == SEARCH_TARGET:
+                    self.state["parent_run_id"] = run_id
+                    self.save_state()
+                else:
+                    self.state["trials"].setdefault(target, {})["run_id"] = run_id
+                    self.save_trial(target)
         self._apply_log(run_id, {"params": op.get("params", {})})
 
     def _find_run(self, experiment_id: str, tags: dict) -> Optional[str]:
@@ -340,6 +395,36 @@ def replay(*, tracking_uri: str, state_dir: Path, search_name: str) -> list[str]
     still unsent."""
     writer = TrackingWriter(tracking_uri=tracking_uri, state_dir=state_dir, search_name=search_name)
     return writer.close()
+
+
+def coalesced(ops: list[dict]) -> list[list[dict]]:
+    """``ops`` in sending order, as groups: a log operation with the later log operations of the
+    same run that no other operation of that run separates from it; any other operation alone.
+    Runs are independent in MLflow, so only each run's own order must be (and is) kept."""
+    groups: list[list[dict]] = []
+    open_log: dict[Any, list[dict]] = {}  # target -> its log group still accepting operations
+    for op in ops:
+        target = op.get("target")
+        if op["op"] == "log":
+            if target in open_log:
+                open_log[target].append(op)
+                continue
+            open_log[target] = [op]
+            groups.append(open_log[target])
+        else:
+            open_log.pop(target, None)
+            groups.append([op])
+    return groups
+
+
+def merge_logs(group: list[dict]) -> dict:
+    """One log operation with the metrics of ``group`` and its params and tags (later wins)."""
+    merged: dict = {"op": "log", "target": group[0]["target"], "metrics": [], "params": {}, "tags": {}}
+    for op in group:
+        merged["metrics"].extend(op.get("metrics", []))
+        merged["params"].update(op.get("params", {}))
+        merged["tags"].update(op.get("tags", {}))
+    return merged
 
 
 def metric_row(name: str, value: Any, timestamp_ms: int, step: int) -> list:

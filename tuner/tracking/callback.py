@@ -34,6 +34,7 @@ from trainables.status import COMPLETED, EARLY_STOPPED, FAILED, RUNNING, SELF_EN
 
 from tuner.redact import expand_env
 from tuner.tracking.buffer import SEARCH_TARGET, TrackingWriter, metric_row
+from tuner.tracking.sender import Sender
 from tuner.tracking.store import fail_fast_http
 from tuner.tracking.lineage import checkpoint_uri, dataset_fingerprint, stage_artifacts
 from tuner.tracking.ui import VIEW_TAG, leaderboard_view
@@ -110,6 +111,7 @@ class MlflowTracking(Callback):
         spec_file: Optional[Path] = None,
         metric: str = "val_acc",
         mode: str = "max",
+        background_sends: bool = True,
     ) -> None:
         expand_env(tracking_uri, what="tracking URI")  # an unset ${VAR} fails here, before Ray starts
         self.tracking_uri = tracking_uri  # as given: pickled with the experiment, so never expanded
@@ -120,6 +122,8 @@ class MlflowTracking(Callback):
         self.search_tags = search_tags
         self.spec_file = spec_file
         self.metric, self.mode = metric, mode
+        # False: every write is sent in Ray's loop, as it is recorded (a benchmark's baseline).
+        self.background_sends = background_sends
         self._writer: Optional[TrackingWriter] = None
         self._fingerprints: dict[tuple, dict] = {}
 
@@ -144,6 +148,14 @@ class MlflowTracking(Callback):
     def setup(self, **info) -> None:
         writer = self.writer
         writer.flush(force=True)  # what an earlier driver left unsent goes first, in order
+        # (getattr: a search started by an older version is restored without the attribute)
+        if getattr(self, "background_sends", True) and writer.sender is None:  # the loop only records
+            Sender.start(writer)
+        with writer.lock:  # the sender thread writes run ids into the same state
+            self._record_search()
+
+    def _record_search(self) -> None:
+        writer = self.writer
         if "search_uid" not in self.state:
             self.state["search_uid"] = uuid.uuid4().hex
             writer.save_state()
@@ -205,6 +217,10 @@ class MlflowTracking(Callback):
         return self._fingerprints[key]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        with self.writer.lock:
+            self._trial_started(trial)
+
+    def _trial_started(self, trial) -> None:
         first_start = not (self.state["trials"].get(trial.trial_id) or {}).get("recorded")
         entry = self._ensure_child(trial)
         if first_start:  # just created RUNNING, with its RUNNING tag: two more writes would repeat it
@@ -216,6 +232,10 @@ class MlflowTracking(Callback):
         self.writer.record({"op": "status", "target": trial.trial_id, "status": "RUNNING"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        with self.writer.lock:
+            self._trial_result(trial, result)
+
+    def _trial_result(self, trial, result: dict) -> None:
         entry = self._ensure_child(trial)
         step = result_step(result)
         if step <= entry.get("last_step", 0):
@@ -247,6 +267,10 @@ class MlflowTracking(Callback):
         self._finish_trial(trial, errored=True)
 
     def _finish_trial(self, trial, *, errored: bool) -> None:
+        with self.writer.lock:
+            self._trial_finished(trial, errored=errored)
+
+    def _trial_finished(self, trial, *, errored: bool) -> None:
         entry = self._ensure_child(trial)
         status = trial_status(trial.last_result, errored=errored)
         entry["status"] = status
@@ -281,10 +305,11 @@ class MlflowTracking(Callback):
             entry = self.state["trials"].get(trial.trial_id)
             if entry and entry.get("status") == RUNNING and trial.status in ("TERMINATED", "ERROR"):
                 self._finish_trial(trial, errored=trial.status == "ERROR")
-        if self.state.get("parent_recorded"):
-            self.writer.record({"op": "log", "target": SEARCH_TARGET, **self._summary()})
-            self.writer.record({"op": "status", "target": SEARCH_TARGET, "status": "FINISHED"})
-        self.writer.close()
+        with self.writer.lock:
+            if self.state.get("parent_recorded"):
+                self.writer.record({"op": "log", "target": SEARCH_TARGET, **self._summary()})
+                self.writer.record({"op": "status", "target": SEARCH_TARGET, "status": "FINISHED"})
+        self.writer.close()  # not under the lock: it waits for the sender, which may need it
 
     def _summary(self) -> dict:
         """Counts over every trial of the search (a --more extension included) and the best one."""

@@ -306,6 +306,9 @@ def drive(callback, trials: list, results: dict[str, list[dict]], *, epochs_upto
             hook(iteration=number, trials=trials, trial=trial)
     if end:
         callback.on_experiment_end(trials=trials)
+    else:  # the driver dies, once its sender thread has sent what it recorded
+        callback.writer.sender.stop()
+        callback.writer.flush()
 
 
 @pytest.fixture(scope="session")
