@@ -15,7 +15,8 @@ finished search: ``tuner leaderboard NAME`` (a fresh process, as a user runs it:
 MLflow runs table's query (``search_runs`` of every trial, what the UI's table loads) and the full
 leaderboard's load in-process.
 
-Usage: python bench/scale.py [--trials 1000] [--slots 8] [--trial-seconds 2] [--epochs 3]
+Usage: python bench/scale.py [--trials 1000] [--slots 8] [--trial-seconds 2] [--epochs 3] [--sends-in-loop]
+(``--sends-in-loop``: the MLflow writes sent by Ray's loop itself, the way before the sender thread.)
 On 2 CPU cores the default takes about half an hour. Run it on an otherwise idle machine.
 """
 
@@ -132,7 +133,8 @@ def package_import_seconds(importtime_log: str, package: str) -> float:
     return total / 1e6
 
 
-def run(work: Path, *, trials: int, slots: int, trial_seconds: float, epochs: int) -> dict:
+def run(work: Path, *, trials: int, slots: int, trial_seconds: float, epochs: int,
+        sends_in_loop: bool = False) -> dict:
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -150,7 +152,7 @@ def run(work: Path, *, trials: int, slots: int, trial_seconds: float, epochs: in
     tracking = MlflowTracking(tracking_uri=places.tracking_uri, search_name=spec.name,
                               state_dir=places.state_dir, artifact_root=places.artifact_root,
                               search_params=search_params(spec), search_tags={}, spec_file=DEFAULT_SPEC,
-                              metric=spec.metric, mode=spec.mode)
+                              metric=spec.metric, mode=spec.mode, background_sends=not sends_in_loop)
     suggest = SuggestTimes()
     suggest.install()
     start_ray(None)
@@ -206,6 +208,7 @@ def run(work: Path, *, trials: int, slots: int, trial_seconds: float, epochs: in
         "leaderboard_cli_ok": cli_ok,
         "mlflow_import_s": round(import_s, 3),
         "cpus": cpus,
+        "mlflow_sends": "in the loop" if sends_in_loop else "sender thread",
     }
 
 
@@ -216,6 +219,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--trial-seconds", type=float, default=2.0)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--sends-in-loop", action="store_true",
+                        help="MLflow writes sent by Ray's loop itself, as before the sender thread (a baseline)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     parser.add_argument("--keep", help="run the search in this (new) folder and keep it, to look at "
                         "its MLflow store afterwards (default: a temporary folder)")
@@ -223,11 +228,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.keep:
         Path(args.keep).mkdir(parents=True)
         row = run(Path(args.keep).resolve(), trials=args.trials, slots=args.slots,
-                  trial_seconds=args.trial_seconds, epochs=args.epochs)
+                  trial_seconds=args.trial_seconds, epochs=args.epochs, sends_in_loop=args.sends_in_loop)
     else:
         with tempfile.TemporaryDirectory(prefix="tuner-scale-") as scratch:
             row = run(Path(scratch), trials=args.trials, slots=args.slots, trial_seconds=args.trial_seconds,
-                      epochs=args.epochs)
+                      epochs=args.epochs, sends_in_loop=args.sends_in_loop)
     print(f"{row['trials']} trials ({row['trials_errored']} errored), {row['slots']} slots, "
           f"{row['trial_seconds']} s each: {row['wall_s']} s wall vs {row['theoretical_wall_s']} s theoretical")
     for key in ("wall_over_theoretical", "driver_cpu_s_per_trial", "driver_peak_rss_mib",
