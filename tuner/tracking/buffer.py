@@ -218,6 +218,10 @@ class TrackingWriter:
             self.apply(group[0] if len(group) == 1 else merge_logs(group), first_attempt=first_attempt)
         except Exception as err:  # classified below: retried later, or refused for good
             if not isinstance(err, Refused) and is_transient(err):
+                if self.last_error is None:  # an outage begins: said once, its end is said too
+                    log.warning("MLflow at %s cannot be reached (%s): the search goes on, its writes "
+                                "are kept in %s and retried every %.0f s", self.tracking_uri,
+                                short_error(err), self.pending_path, RETRY_AFTER_S)
                 self.last_error = short_error(err)
                 self._retry_at = time.monotonic() + RETRY_AFTER_S
                 log.debug("MLflow unreachable (%s); %d writes pending", self.last_error, len(self.pending))

@@ -219,9 +219,10 @@ def team_search(tracking_server, quick_data, tmp_path_factory) -> TeamSearch:
                  what="a first epoch in MLflow", alive=search, log=log)
         with paused(search):  # outage 1 starts while trials are still running
             tracking_server.stop()
-        # Two writes queued: the first send failed and was kept (one alone may still be in flight,
-        # in MLflow's own HTTP retries, and succeed once the server is back: no outage seen).
-        pending = wait_for(lambda: pending_writes(state_dir) >= 2 and pending_writes(state_dir),
+        # A send failed (the driver says so) and writes are queued: queued writes alone could be
+        # the sender thread's backlog behind a request still in flight, which may succeed once the
+        # server is back (no outage seen).
+        pending = wait_for(lambda: "cannot be reached" in log.read_text() and pending_writes(state_dir),
                            timeout=300, what="writes buffered during the outage", alive=search, log=log)
         with paused(search):  # no result is handled while the server restarts
             tracking_server.start()
