@@ -56,10 +56,11 @@ def test_coalesced_merges_a_runs_logs_across_other_runs_but_never_across_its_own
 def test_the_loop_only_records_and_a_sender_that_fell_behind_catches_up_in_fewer_writes(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     writer = TrackingWriter(tracking_uri=uri, state_dir=tmp_path / "state", search_name="s")
-    release, sends, senders = threading.Event(), [], set()
+    entered, release, sends, senders = threading.Event(), threading.Event(), [], set()
     apply = writer.apply
 
     def slow_apply(op, first_attempt=False):  # MLflow is slow until the loop has recorded everything
+        entered.set()
         release.wait(timeout=30)
         sends.append(op)
         senders.add(threading.current_thread().name)
@@ -68,7 +69,9 @@ def test_the_loop_only_records_and_a_sender_that_fell_behind_catches_up_in_fewer
     writer.apply = slow_apply
     Sender.start(writer)
     ops = search_ops()
-    for op in ops:
+    writer.record(ops[0])
+    assert entered.wait(timeout=30)  # the first write is in flight: the rest queue behind it
+    for op in ops[1:]:
         writer.record(op)  # returns at once although no send can finish
     assert sends == [] and writer.waiting == len(ops)
     release.set()
