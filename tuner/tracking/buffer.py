@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuner.redact import expand_env
+from tuner.tracking.batching import coalesced, merge_logs
 from tuner.tracking.store import is_transient, short_error
 from tuner.tracking.tags import KIND_TAG, PARENT_TAG, TRIAL_TAG, UID_TAG
 
@@ -399,36 +400,6 @@ def replay(*, tracking_uri: str, state_dir: Path, search_name: str) -> list[str]
     still unsent."""
     writer = TrackingWriter(tracking_uri=tracking_uri, state_dir=state_dir, search_name=search_name)
     return writer.close()
-
-
-def coalesced(ops: list[dict]) -> list[list[dict]]:
-    """``ops`` in sending order, as groups: a log operation with the later log operations of the
-    same run that no other operation of that run separates from it; any other operation alone.
-    Runs are independent in MLflow, so only each run's own order must be (and is) kept."""
-    groups: list[list[dict]] = []
-    open_log: dict[Any, list[dict]] = {}  # target -> its log group still accepting operations
-    for op in ops:
-        target = op.get("target")
-        if op["op"] == "log":
-            if target in open_log:
-                open_log[target].append(op)
-                continue
-            open_log[target] = [op]
-            groups.append(open_log[target])
-        else:
-            open_log.pop(target, None)
-            groups.append([op])
-    return groups
-
-
-def merge_logs(group: list[dict]) -> dict:
-    """One log operation with the metrics of ``group`` and its params and tags (later wins)."""
-    merged: dict = {"op": "log", "target": group[0]["target"], "metrics": [], "params": {}, "tags": {}}
-    for op in group:
-        merged["metrics"].extend(op.get("metrics", []))
-        merged["params"].update(op.get("params", {}))
-        merged["tags"].update(op.get("tags", {}))
-    return merged
 
 
 def metric_row(name: str, value: Any, timestamp_ms: int, step: int) -> list:

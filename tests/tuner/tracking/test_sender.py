@@ -10,7 +10,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuner.tracking.buffer import PENDING_FILE, REJECTED_FILE, SEARCH_TARGET, TrackingWriter, coalesced
+from tuner.tracking.batching import coalesced
+from tuner.tracking.buffer import PENDING_FILE, REJECTED_FILE, SEARCH_TARGET, TrackingWriter
 from tuner.tracking.sender import Sender
 from tuner.tracking.tags import KIND_TAG, TRIAL_TAG, UID_TAG
 
