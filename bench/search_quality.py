@@ -120,8 +120,11 @@ def summarise(per_method: dict[str, list[dict]], budget: int) -> tuple[Optional[
 
 def sampler_overhead(bench: Bench, *, samplers: list[str], finished: int, samples: int, work: Path) -> dict:
     """p95 seconds of one suggestion (ask + the define-by-run space) once ``finished`` trials are done,
-    on SQLite storage as a search keeps its study; each timed trial is then told and counts."""
+    on the journal file a search keeps its study in (``tuner/search/study_storage.py``); each timed
+    trial is then told and counts."""
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
     from tuner.search.samplers import build_sampler
     from tuner.search.space import define_by_run
@@ -134,7 +137,7 @@ def sampler_overhead(bench: Bench, *, samplers: list[str], finished: int, sample
     space = define_by_run(space_spec.space)
     result = {}
     for name in samplers:
-        storage = f"sqlite:///{work / f'overhead-{name}.db'}"
+        storage = JournalStorage(JournalFileBackend(str(work / f"overhead-{name}.journal")))
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=0))
         for _ in range(finished):
@@ -151,7 +154,7 @@ def sampler_overhead(bench: Bench, *, samplers: list[str], finished: int, sample
             timings.append(time.perf_counter() - start)
             study.tell(trial, value(trial.params))
         result[name] = {"p95_s": round(percentile(timings, 95), 4), "median_s": round(percentile(timings, 50), 4),
-                        "samples": samples, "finished_trials": finished, "storage": "sqlite"}
+                        "samples": samples, "finished_trials": finished, "storage": "journal"}
     return result
 
 

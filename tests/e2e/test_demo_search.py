@@ -137,10 +137,12 @@ def test_same_name_again_is_refused_and_loses_nothing(finished_search):
 
 def test_optuna_study_holds_the_truth_about_every_trial(finished_search):
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
     work, _ = finished_search
-    study = optuna.load_study(study_name="e2e",
-                              storage=f"sqlite:///{work / 'runs' / 'e2e' / 'tuner_state' / 'optuna.db'}")
+    journal = work / "runs" / "e2e" / "tuner_state" / "optuna.journal"  # the study, as optuna-dashboard reads it
+    study = optuna.load_study(study_name="e2e", storage=JournalStorage(JournalFileBackend(str(journal))))
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("e2e")
     status = {r.data.tags["tuner.trial_id"]: r.data.tags["tuner.status"]
@@ -176,6 +178,7 @@ def test_report_shows_every_section_with_the_search_numbers(report_page):
 
     from tuner.report import build_report
     from tuner.search.definition import load_definition
+    from tuner.search.study_storage import load_search_study
 
     work, index = report_page
     assert index == work / "runs" / "e2e" / "report" / "index.html"
@@ -201,7 +204,7 @@ def test_report_shows_every_section_with_the_search_numbers(report_page):
         [("lr", True, ()), ("optimizer", False, ("sgd", "adam"))]
     assert report.slices == ["lr", "optimizer"]
     # Importance: 4 trials are too few, and the page says how many finished.
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{places.state_dir / 'optuna.db'}")
+    study = load_search_study(spec, places)
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert report.importance.complete == complete and f"this search has {complete}." in page
     # Timeline: one bar per trial, on one slot (max_concurrent 1), its idle share printed.

@@ -8,7 +8,7 @@ from tuner.places import SearchPlaces
 from tuner.report.analysis import ProgressPoint, Timeline, progress, timeline
 from tuner.report.data import SearchData, gather
 from tuner.report.importance import Importance, search_importance
-from tuner.search.searcher import optuna_storage_url
+from tuner.search.study_storage import load_search_study
 from tuner.spec.model import SearchSpec
 
 MAX_SLICES = 4  # slice plots beyond the top few params are too small to read
@@ -30,7 +30,7 @@ class Report:
 
 def build_report(name: str, places: SearchPlaces, spec: SearchSpec) -> Report:
     data = gather(name, places, spec)
-    importance = search_importance(name, optuna_storage_url(spec, places))
+    importance = search_importance(load_search_study(spec, places, name), name)
     return Report(
         data=data,
         progress=progress(data.trials, data.mode),

@@ -13,6 +13,7 @@ trials the importances rest on and how many were left out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
@@ -42,9 +43,8 @@ def study_importance(study: optuna.Study) -> Importance:
     return Importance(complete, pruned, values=dict(values))
 
 
-def search_importance(study_name: str, storage_url: str) -> Importance:
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
-    except KeyError:  # Optuna's word for "no such study"
+def search_importance(study: Optional[optuna.Study], study_name: str) -> Importance:
+    """``study``: the search's (``load_search_study``), None when its storage has none."""
+    if study is None:
         return Importance(0, 0, note=f"No Optuna study named {study_name!r} in the search's storage.")
     return study_importance(study)

@@ -27,7 +27,8 @@ from tuner.redact import redact
 from tuner.search.console import SearchConsole
 from tuner.search.schedulers import build_scheduler
 from tuner.search.seal import SealedSearchGenerator, seal_tuner_file, verify_search_state
-from tuner.search.searcher import build_searcher, fail_orphaned_trials, optuna_storage_url
+from tuner.search.searcher import build_searcher, fail_orphaned_trials
+from tuner.search.study_storage import has_default_study_file, study_location, study_storage
 from tuner.search.space import grid_size
 from tuner.spec.model import SearchSpec
 from tuner.tracking.callback import MlflowTracking
@@ -121,7 +122,7 @@ def ensure_new_search(places: SearchPlaces, spec: SearchSpec) -> None:
     if _search_dir_exists(places, name):
         raise UserError(f"search {name!r} already exists in {redact(places.storage_path)}; {again}")
     if _study_exists(spec, places):
-        where = redact(spec.storage) if spec.storage else optuna_storage_url(spec, places)
+        where = redact(spec.storage) if spec.storage else study_location(spec, places)
         raise UserError(f"search {name!r}: an Optuna study named {name!r} already exists in {where}; {again}")
 
 
@@ -140,13 +141,13 @@ def _search_dir_exists(places: SearchPlaces, name: str) -> bool:
 
 
 def _study_exists(spec: SearchSpec, places: SearchPlaces) -> bool:
-    if not spec.storage and not (places.state_dir / "optuna.db").exists():
-        return False  # the default SQLite is made by the search itself: none yet, no study
-    url = optuna_storage_url(spec, places)  # an unset ${VAR} is a UserError naming it
+    if not has_default_study_file(spec, places):
+        return False  # the default file is made by the search itself: none yet, no study
+    location = study_location(spec, places)  # an unset ${VAR} is a UserError naming it
     try:
-        return spec.name in optuna.study.get_all_study_names(storage=url)
+        return spec.name in optuna.study.get_all_study_names(storage=study_storage(spec, places))
     except Exception as err:  # SQLAlchemy's errors: unreachable server, bad URL, missing driver
-        where = redact(spec.storage) if spec.storage else url
+        where = redact(spec.storage) if spec.storage else location
         raise UserError(
             f"search {spec.name!r}: cannot open the Optuna storage {where} ({_first_line(err)})"
         ) from None
@@ -187,7 +188,7 @@ def resume_search(spec: SearchSpec, places: SearchPlaces, *, address: Optional[s
         verify_search_state(path, spec.name)
     # The saved searcher opens the study again by expanding the storage's ${VAR}: an unset one
     # fails here, in one line, before Ray starts and unpickles it.
-    optuna_storage_url(spec, places)
+    study_location(spec, places)
     start_ray(address)
     tuner = tune.Tuner.restore(
         path, trainable=_trainable(spec, trainable), resume_unfinished=True, resume_errored=True,

@@ -7,8 +7,7 @@ OptunaSearch tells every stopped trial COMPLETE with its low-fidelity score, whi
 2-epoch accuracies are final ones.
 
 Ray pickles the searcher, its study and storage included, into ``searcher-state-*.pkl`` and
-``tuner.pkl``: a spec's ``storage:`` is opened through ``EnvURLStorage``, whose pickle holds the URL
-as written (``${VAR}``), never the expanded one.
+``tuner.pkl``: where the study lives and how it is opened is ``study_storage.py``.
 """
 
 from __future__ import annotations
@@ -21,9 +20,11 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.places import SearchPlaces
-from tuner.redact import expand_env
 from tuner.search.samplers import build_sampler
 from tuner.search.space import define_by_run, grid_points
+# Saved searchers of team searches (before study_storage.py) name the class at this path.
+from tuner.search.study_storage import EnvURLStorage  # noqa: F401
+from tuner.search.study_storage import load_search_study, study_storage
 from tuner.spec.model import SearchSpec
 from trainables.status import COMPLETED, CONVERGED, DIVERGED
 
@@ -103,50 +104,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-class EnvURLStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage opened from a URL that may name ``${VAR}`` (``tuner.redact.expand_env``).
-
-    A pickle of it (Ray saves the searcher with its study and storage, and restores it on ``tuner
-    resume``) holds the URL as written and no connection; unpickling expands the variables again,
-    then, so an unset one is a ``UserError`` that names it. The expanded URL lives in memory only.
-    """
-
-    def __init__(self, written_url: str, *, what: str = "storage", **kwargs):
-        self.written_url = written_url
-        self.what = what
-        super().__init__(expand_env(written_url, what=what), **kwargs)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()  # the engine and sessions stay behind
-        state["url"] = None  # filled in again from written_url by __setstate__
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        url = self._fill_storage_url_template(expand_env(state["written_url"], what=state["what"]))
-        super().__setstate__({**state, "url": url})
-
-
-def optuna_storage_url(spec: SearchSpec, places: SearchPlaces) -> str:
-    """The study's URL with its ``${VAR}`` expanded: to open it here, never to keep."""
-    if spec.storage:
-        return expand_env(spec.storage, what=_storage_what(spec))
-    return f"sqlite:///{(places.state_dir / 'optuna.db').resolve()}"
-
-
-def optuna_storage(spec: SearchSpec, places: SearchPlaces) -> optuna.storages.RDBStorage:
-    """The study's storage, safe to pickle: a spec's URL is kept as written (see EnvURLStorage)."""
-    if spec.storage:
-        return EnvURLStorage(spec.storage, what=_storage_what(spec))
-    return optuna.storages.RDBStorage(optuna_storage_url(spec, places))
-
-
-def _storage_what(spec: SearchSpec) -> str:
-    return f"{spec.source}: storage"
-
-
 def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str,
                    warm_start: bool = True) -> TruthfulOptunaSearch:
-    """OptunaSearch on a persistent study (SQLite beside the results, or the spec's storage URL).
+    """OptunaSearch on a persistent study (a journal file beside the search's state, or the spec's
+    storage URL: ``study_storage.py``).
 
     ``warm_start`` enqueues points_to_evaluate (and a conditional grid); an extension (--more) of
     an existing study must not enqueue them twice.
@@ -154,8 +115,7 @@ def build_searcher(spec: SearchSpec, places: SearchPlaces, *, study_name: str,
     points = list(spec.points_to_evaluate) if warm_start else []
     if warm_start and spec.sampler.name == "grid" and any(p.when for p in spec.space):
         points += grid_points(spec.space)
-    places.state_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna_storage(spec, places)
+    storage = study_storage(spec, places)
     return TruthfulOptunaSearch(
         space=define_by_run(spec.space),
         metric=spec.metric,
@@ -173,9 +133,8 @@ def fail_orphaned_trials(spec: SearchSpec, places: SearchPlaces) -> int:
     """Optuna trials still RUNNING once the driver is done belong to no Ray trial any more (the
     driver was killed between asking Optuna and saving its state): tell Optuna they FAILED, so
     the study holds exactly the trials that ran."""
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=optuna_storage_url(spec, places))
-    except KeyError:
+    study = load_search_study(spec, places)
+    if study is None:
         return 0
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for frozen in orphans:

@@ -16,8 +16,9 @@ import optuna
 from trainables.status import COMPLETED
 from tuner.search.console import PENDING, SearchView, TrialRow, summary_lines
 from tuner.search.definition import load_definition
+from tuner.places import SearchPlaces
 from tuner.search.driver import trial_budget
-from tuner.search.searcher import optuna_storage_url
+from tuner.search.study_storage import load_search_study
 from tuner.spec.model import SearchSpec
 from tuner.tracking.leaderboard import find_search, trial_runs
 from tuner.tracking.store import open_client, tracking_errors
@@ -36,7 +37,7 @@ def load_view(name: str, storage: Optional[str] = None) -> SearchView:
         _, parent = find_search(client, name)
         runs = trial_runs(client, parent.info.experiment_id, parent.info.run_id)
     rows = [_row(run, spec) for run in runs]
-    rows += _pending(spec, optuna_storage_url(spec, places), started={r.trial_id for r in rows})
+    rows += _pending(spec, places, started={r.trial_id for r in rows})
     finished = parent.data.tags.get(STATUS_TAG) == COMPLETED  # the tracking callback's, at the end
     end_ms = parent.info.end_time if finished and parent.info.end_time else time.time() * 1000
     extensions = sum(e["num_samples"] for e in definition.get("extensions", []))  # --more
@@ -65,11 +66,10 @@ def _param(text: str):
     return int(number) if text.lstrip("-").isdigit() else number
 
 
-def _pending(spec: SearchSpec, storage_url: str, *, started: set[str]) -> list[TrialRow]:
+def _pending(spec: SearchSpec, places: SearchPlaces, *, started: set[str]) -> list[TrialRow]:
     """Trials the searcher proposed (RUNNING in Optuna) that have no MLflow run yet."""
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=storage_url)
-    except KeyError:  # no study yet: the driver has not asked for a trial
+    study = load_search_study(spec, places)
+    if study is None:  # no study yet: the driver has not asked for a trial
         return []
     return [
         TrialRow(t.user_attrs.get("ray_trial_id", f"optuna-{t.number}"), PENDING,

@@ -8,7 +8,10 @@ import math
 import optuna
 import pytest
 
+from tuner.places import SearchPlaces
 from tuner.report.importance import MIN_COMPLETE, search_importance, study_importance
+from tuner.search.study_storage import load_search_study, study_storage
+from tuner.spec import parse_spec
 
 
 def objective(trial: optuna.Trial) -> float:
@@ -51,10 +54,13 @@ def test_too_few_finished_trials_give_a_note_with_the_count():
 
 
 def test_the_study_is_read_from_the_search_storage_by_name(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+    spec = parse_spec({"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
+                       "space": {"lr": {"loguniform": [0.001, 1.0]}}}, source="s.yaml")
+    places = SearchPlaces(str(tmp_path / "runs"), "sqlite:///unused.db", None, tmp_path / "state")
+    study = optuna.create_study(study_name="s", storage=study_storage(spec, places), direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=MIN_COMPLETE)
-    assert list(search_importance("s", storage).values) == list(study_importance(study).values)
-    missing = search_importance("nope", storage)
+    stored = search_importance(load_search_study(spec, places), "s")
+    assert stored.complete == MIN_COMPLETE and list(stored.values) == list(study_importance(study).values)
+    missing = search_importance(load_search_study(spec, places, "nope"), "nope")
     assert missing.values == {} and missing.note == "No Optuna study named 'nope' in the search's storage."

@@ -14,6 +14,8 @@ import optuna
 import pyarrow.fs
 import pytest
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 import tuner.search.command as command
 from tests.conftest import fresh_postgres_database
@@ -115,10 +117,13 @@ def test_a_study_already_in_the_specs_optuna_storage_is_refused(tmp_path, driver
     assert [run[0] for run in driver.runs] == ["fresh"]
 
 
-def test_a_study_left_in_the_default_sqlite_of_a_remote_storage_is_refused(tmp_path, driver):
+@pytest.mark.parametrize("default_file", ["optuna.journal", "optuna.db"])  # the db: searches before the journal
+def test_a_study_left_in_the_default_file_of_a_remote_storage_is_refused(tmp_path, driver, default_file):
     # Remote storage keeps the default study on the driver's machine: a study there is the old search's.
     (tmp_path / "state" / "s").mkdir(parents=True)
-    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'state' / 's' / 'optuna.db'}")
+    path = tmp_path / "state" / "s" / default_file
+    storage = f"sqlite:///{path}" if path.suffix == ".db" else JournalStorage(JournalFileBackend(str(path)))
+    optuna.create_study(study_name="s", storage=storage)
     with pytest.raises(UserError, match="Optuna study named 's' already exists"):
         command.start_search(write_spec(tmp_path), overrides={}, storage=f"file://{tmp_path / 'store'}")
     assert driver.runs == []

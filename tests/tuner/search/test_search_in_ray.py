@@ -26,7 +26,8 @@ from tuner.search.driver import resume_search, run_search
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedulers import SCHEDULERS
 from tuner.search.seal import verify_search_state
-from tuner.search.searcher import build_searcher, optuna_storage_url
+from tuner.search.searcher import build_searcher
+from tuner.search.study_storage import load_search_study
 from tuner.spec import parse_spec
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def search(tmp_path, events, name: str, *, hold: int = 0, **raw):
     spec, places = spec_and_places(tmp_path, name, **raw)
     results = run_search(spec, places, make_tracking(spec, places, None, tmp_path),
                          trainable=synthetic.synthetic_trial)
-    study = optuna.load_study(study_name=name, storage=optuna_storage_url(spec, places))
+    study = load_search_study(spec, places)
     client = MlflowClient(places.tracking_uri)
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id], "tags.`tuner.kind` = 'trial'")

@@ -10,15 +10,24 @@ from ray.tune.search import ConcurrencyLimiter
 from tuner.errors import UserError
 from tuner.places import SearchPlaces
 from tuner.search.searcher import build_searcher
+from tuner.search.study_storage import load_search_study
 from tuner.spec import parse_spec
 
 
-def searcher_for(tmp_path, mode: str = "max"):
+def spec_and_places(tmp_path, mode: str = "max"):
     spec = parse_spec({"name": "s", "data": {"train": str(tmp_path), "val": str(tmp_path)},
                        "metric": "val_acc" if mode == "max" else "val_loss", "mode": mode,
                        "space": {"lr": {"loguniform": [0.001, 1.0]}}}, source="s.yaml")
-    places = SearchPlaces(str(tmp_path / "runs"), "sqlite:///unused.db", None, tmp_path / "state")
-    return build_searcher(spec, places, study_name="s")
+    return spec, SearchPlaces(str(tmp_path / "runs"), "sqlite:///unused.db", None, tmp_path / "state")
+
+
+def searcher_for(tmp_path, mode: str = "max"):
+    return build_searcher(*spec_and_places(tmp_path, mode), study_name="s")
+
+
+def stored_study(tmp_path) -> optuna.Study:
+    """The study as another process reads it from the search's storage."""
+    return load_search_study(*spec_and_places(tmp_path))
 
 
 def test_a_trial_the_study_finished_after_the_snapshot_is_not_reported_again(tmp_path):
@@ -42,7 +51,7 @@ def test_a_trial_the_study_finished_after_the_snapshot_is_not_reported_again(tmp
     restored.on_trial_result("running", {"val_acc": 0.1, "training_iteration": 1})
     restored.on_trial_complete("running", {"val_acc": 0.15, "training_iteration": 2, "status": "completed"})
 
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'state' / 'optuna.db'}")
+    study = stored_study(tmp_path)
     done, running = sorted(study.trials, key=lambda t: t.user_attrs["ray_trial_id"])
     assert done.state == optuna.trial.TrialState.COMPLETE and done.value == 0.3
     assert done.intermediate_values == {1: 0.2}
@@ -59,7 +68,7 @@ def test_a_complete_trial_is_worth_its_best_epoch_not_its_last(tmp_path, mode, c
         searcher.on_trial_result("t", {metric: value, "training_iteration": epoch})
     searcher.on_trial_complete("t", {metric: curve[-1], "training_iteration": len(curve),
                                      "status": "completed"})
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'state' / 'optuna.db'}")
+    study = stored_study(tmp_path)
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == best
     assert trial.intermediate_values == dict(enumerate(curve, start=1))

@@ -19,6 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from tuner.cli import main
 
@@ -94,8 +96,8 @@ def test_status_of_a_running_search_lists_its_running_and_pending_trials(search,
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     trial, run = next(iter(mlflow_trials(work).items()))
     parent = run.data.tags["mlflow.parentRunId"]
-    study = optuna.load_study(study_name=NAME,
-                              storage=f"sqlite:///{work / 'runs' / NAME / 'tuner_state' / 'optuna.db'}")
+    journal = work / "runs" / NAME / "tuner_state" / "optuna.journal"
+    study = optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(str(journal))))
     asked = study.ask()
     asked.set_user_attr("ray_trial_id", "pending1")
     client.set_tag(run.info.run_id, "tuner.status", "running")
