@@ -15,6 +15,8 @@ from tests.cluster.conftest import NODES
 from tests.cluster.harness import (
     log_tail, metric_steps, mlflow_runs, run_tuner, start_tuner, trial_rows, wait_for, write_spec,
 )
+from tuner.errors import UserError
+from tuner.search.seal import verify_search_state
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +46,15 @@ def assert_each_trial_logged_once(work, name, *, trials: int, epochs: int) -> No
 
 def snapshot_has_result(experiment: Path, trial_id: str, pid: int) -> bool:
     """Whether Tune's newest experiment snapshot (experiment_state-*.json) records a result of
-    ``trial_id`` reported by process ``pid``."""
+    ``trial_id`` reported by process ``pid``, and the snapshot is whole: its upload has ended, so
+    every state file matches the seal (what `tuner resume` checks). A driver killed in the middle of
+    that upload leaves files cut short, which no resume can read: a different failure from the one
+    tested here."""
     states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
     try:
         trial_data = json.loads(states[-1].read_text())["trial_data"] if states else []
-    except (OSError, ValueError):  # being replaced right now: look again
+        verify_search_state(str(experiment), experiment.name)
+    except (OSError, ValueError, UserError):  # being replaced right now: look again
         return False
     for _, runtime in trial_data:
         result = (json.loads(runtime) if isinstance(runtime, str) else runtime).get("last_result", {})
