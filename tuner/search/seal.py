@@ -173,6 +173,16 @@ def verify_search_state(experiment_dir: str, search: str) -> None:
     filesystem, root = _filesystem(experiment_dir)
     infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
     files = {Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.File}
+    # Ray copies a save into the storage file by file, over the previous one: a driver killed
+    # during that copy leaves files opened and never written. No Ray state or seal is ever empty.
+    empty = sorted(Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.File and i.size == 0
+                   and (is_ray_state(Path(i.path).name) or Path(i.path).name in (STATE_SEAL, TUNER_SEAL)))
+    if empty:
+        raise UserError(
+            f"{where}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: the driver was "
+            f"stopped while it copied the search's state there, and Ray cannot restore a search from "
+            f"files cut short. The trials' checkpoints and MLflow runs are intact (docs/cluster.md, "
+            f"fault tolerance)")
 
     def read(name: str) -> bytes:
         with filesystem.open_input_stream(f"{root}/{name}") as f:

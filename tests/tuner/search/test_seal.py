@@ -119,3 +119,19 @@ def test_an_upload_cut_short_between_two_saves_still_verifies(tmp_path, key_file
     (folder / "experiment_state-1.json").write_bytes(b"[0]")  # two saves back: not accepted
     with pytest.raises(UserError, match="experiment_state-1.json: not signed"):
         seal.verify_search_state(str(folder), "s")
+
+
+def test_state_files_cut_short_by_a_killed_copy_are_named_not_called_forged(tmp_path, key_file):
+    """What a driver SIGKILLed while Ray copies a save into the storage leaves: the files it had
+    opened, empty (seen in a real multi-node run). The refusal says what happened."""
+    folder = tmp_path / "search"
+    saved_search(folder, {"experiment_state-1.json": b"[1]", "searcher-state-1.pkl": b"x",
+                          "search_gen_state-1.json": b"{}"})
+    (folder / ".validate_storage_marker").write_bytes(b"")  # Ray's own empty marker: not state
+    for name in ("searcher-state-1.pkl", "search_gen_state-1.json", seal.STATE_SEAL):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(UserError) as refused:
+        seal.verify_search_state(str(folder), "s")
+    message = str(refused.value)
+    assert f"search_gen_state-1.json, searcher-state-1.pkl, {seal.STATE_SEAL} are empty" in message
+    assert "stopped while it copied the search's state" in message and "not signed" not in message
