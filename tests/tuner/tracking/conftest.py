@@ -32,14 +32,15 @@ import pytest
 import yaml
 
 from tests.conftest import fresh_postgres_database
-from tuner.tracking.buffer import load_run_state
+from tuner.tracking.buffer import RETRY_AFTER_S, load_run_state
 
 SEARCH = "team"
 SPEC = {
     "name": SEARCH,
     "metric": "val_acc",
     "mode": "max",
-    "fixed": {"epochs": 2, "train_subset": 300, "arch": "resnet18", "width": 0.125,
+    # 600 images: epochs long enough that the MLflow outages below begin and end while trials run.
+    "fixed": {"epochs": 2, "train_subset": 600, "arch": "resnet18", "width": 0.125,
               "batch_size": 64, "num_workers": 0},
     "space": {"lr": {"loguniform": [0.005, 0.2]}, "optimizer": {"choice": ["sgd", "adam"]}},
     # A known-good start, then a rate too small to learn in 2 epochs (ASHA's candidate to stop).
@@ -226,6 +227,10 @@ def team_search(tracking_server, quick_data, tmp_path_factory) -> TeamSearch:
                            timeout=300, what="writes buffered during the outage", alive=search, log=log)
         with paused(search):  # no result is handled while the server restarts
             tracking_server.start()
+            # The driver retries RETRY_AFTER_S after a failed send: let that pass while it is paused,
+            # so the replay comes as soon as it runs again, and a search of a few short epochs
+            # cannot end in the meantime (the clock runs on; the trials wait at their next report).
+            time.sleep(RETRY_AFTER_S)
         # The buffer is replayed on the driver's next write: catch that moment and pause there.
         wait_for(lambda: pending_writes(state_dir) == 0 or search.poll() is not None, timeout=300,
                  what="the buffered writes to be sent", interval=0.05)

@@ -94,7 +94,7 @@ def test_calibration_is_recorded_from_the_members_training_counts(ensemble, quic
     calibration = card["calibration"]
     assert calibration["target_spec"] == "balanced"
     assert calibration["target"] == pytest.approx([0.1] * 10)
-    # The members trained on seeded 300-image subsets of the balanced sample: near-uniform, not exact.
+    # The members trained on seeded subsets of the balanced sample: near-uniform, not exact.
     assert sum(calibration["source"]) == pytest.approx(1.0)
     assert max(abs(p - 0.1) for p in calibration["source"]) < 0.05
     assert "ensemble_calibrated" in card["validation"]["report_half"]

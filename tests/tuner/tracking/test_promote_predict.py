@@ -16,7 +16,7 @@ import yaml
 
 from mlflow.pyfunc import PythonModel
 
-from tests.tuner.tracking.conftest import assert_user_error, run_cli
+from tests.tuner.tracking.conftest import SPEC, assert_user_error, run_cli
 from trainables.data import load_rgb_image
 from trainables.inference import load_classifier
 
@@ -74,8 +74,8 @@ def test_promoted_model_carries_class_map_and_preprocessing(promoted, team_searc
     classes = sorted(p.name for p in (demo_data / "train").iterdir())
     assert sorted(card["class_names"]) == classes
     assert card["preprocessing"]["image_size"] == 32 and len(card["preprocessing"]["mean"]) == 3
-    # The trial trained on a 300-image subset: its class counts, in class index order, add up to it.
-    assert len(card["class_counts"]) == len(classes) and sum(card["class_counts"]) == 300
+    # The trial trained on a seeded subset: its class counts, in class index order, add up to it.
+    assert len(card["class_counts"]) == len(classes) and sum(card["class_counts"]) == SPEC["fixed"]["train_subset"]
     model = mlflow.pyfunc.load_model("models:/team@champion")
     paths = [str(demo_data / "test" / f"{i}.jpg") for i in (1, 2, 3)]
     predicted = model.predict(pd.DataFrame({"path": paths}))
