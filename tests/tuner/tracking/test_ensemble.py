@@ -66,11 +66,17 @@ def test_members_are_the_greedy_choice_and_the_card_reports_the_other_half(ensem
     assert [step["pick"] for step in card["selection"]["steps"]] == [trials[i] for i in expected.picks]
     assert [(m["trial"], m["weight"]) for m in card["members"]] == \
         [(trials[i], pytest.approx(w)) for i, w in expected.weights.items()]
-    # Selected on its own half with replacement, the ensemble is never below its best member there.
+    # Selected on its own half with replacement, the ensemble is not below its best member there
+    # (picking the best member again is always a choice), but for one image: these 2-epoch models
+    # are near chance, their probabilities near uniform, and rounding in the geometric mean breaks
+    # argmax ties either way.
     chosen = list(expected.weights)
     weights = torch.tensor(list(expected.weights.values()))
+    one_image = 1 / len(select)
+    best_member = max(accuracy(probs[i][select], labels[select]) for i in range(len(board)))
     on_select = accuracy(combine_probabilities(probs[chosen][:, select], weights, "geometric"), labels[select])
-    assert on_select >= max(accuracy(probs[i][select], labels[select]) for i in range(len(board)))
+    assert on_select >= best_member - one_image - 1e-9
+    assert expected.steps[-1]["accuracy"] >= best_member - one_image - 1e-9
     # The reported numbers are the held-out half's, recomputed here.
     held = card["validation"]["report_half"]
     combined = combine_probabilities(probs[chosen][:, report], weights, "geometric")
