@@ -3,7 +3,8 @@
 Every method (bench/curves/methods.py: random+FIFO, random+ASHA, the journal's grid, today's default,
 plain Optuna TPE+Hyperband, Ray's own OptunaSearch+ASHA, GPSampler+ASHA, the candidates) searches the space
 recorded in bench/curves/curves.parquet; the Ray methods run the REAL driver with a trainable that
-replays the surrogate's curves in scaled time (sleep = recorded seconds x factor), 2-8 trials at once.
+replays the surrogate's curves in simulated time (bench/curves/virtual_clock.py: epochs are reported
+in the order they end in recorded seconds, so a seed gives the same search every run), 2-8 trials at once.
 Per method and seed: the anytime curve (best val_acc vs epochs consumed). Reported: median + IQR
 curves (PNG), the epochs each method's median curve needs to reach random+FIFO's final median best,
 the final best at the budget, ``speedup_vs_random`` of the default, and sampler overhead (p95 of one
@@ -217,8 +218,11 @@ def parse_args(argv):
     parser.add_argument("--budget-trials", type=float, default=20,
                         help="the epoch budget, in full trials (x the recorded epochs)")
     parser.add_argument("--concurrency", type=int, default=4, help="trials at once (2-8)")
+    parser.add_argument("--clock", choices=("simulated", "wall"), default="simulated",
+                        help="simulated: epochs are reported in recorded-time order, a run is repeatable "
+                             "(bench/curves/virtual_clock.py); wall: each epoch sleeps (--epoch-sleep-s)")
     parser.add_argument("--epoch-sleep-s", type=float, default=0.05,
-                        help="a mean recorded epoch sleeps this long (sets the time factor)")
+                        help="--clock wall: a mean recorded epoch sleeps this long (sets the time factor)")
     parser.add_argument("--priors", choices=("none", "all"), default="none",
                         help="every method starts from the spec's points_to_evaluate (all) or none does")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
@@ -254,7 +258,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     command = shlex.join(["python", "bench/search_quality.py", *(a for a in given if a != "--resume")])
     conditions = {  # what a kept result must share with this run to be reused by --resume
         "seeds": seeds, "budget_epochs": budget, "concurrency": args.concurrency,
-        "time_factor": round(time_factor, 6), "priors": args.priors,
+        "clock": args.clock, "time_factor": round(time_factor, 6) if args.clock == "wall" else None,
+        "priors": args.priors,
         "curves_sha256": file_sha256(curves_path), "surrogate_sha256": file_sha256(surrogate_path),
     }
     kept = kept_results(out, conditions) if args.resume else {}
@@ -270,7 +275,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "default": DEFAULT_METHOD, "baseline": BASELINE_METHOD,
             "speedup_vs_random": speedup(baseline_epochs, default_epochs),
             "target": target, "budget_epochs": budget, "epochs_per_trial": model.epochs,
-            "concurrency": args.concurrency, "time_factor": time_factor, "priors": args.priors,
+            "concurrency": args.concurrency, "clock": args.clock,
+            "time_factor": time_factor if args.clock == "wall" else None, "priors": args.priors,
             "conditions": conditions,
             "files": {"curves": {"path": _shown(curves_path), "sha256": conditions["curves_sha256"]},
                       "surrogate": {"path": _shown(surrogate_path), "sha256": conditions["surrogate_sha256"]}},
@@ -288,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tuner-sq-") as scratch:
         bench = Bench(model, {**raw_spec, "space": metadata["space"]}, budget, args.concurrency, time_factor,
-                      Path(scratch), priors=args.priors == "all")
+                      Path(scratch), priors=args.priors == "all", clock=args.clock)
         per_method = {}
         for name in methods:
             if name in kept:
@@ -307,7 +313,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     table, target = result["methods"], result["target"]
     plot(table, target, out.with_suffix(".png"),
          f"{len(seeds)} seeds ({args.seed_set}), {args.concurrency} at once, budget {budget} epochs, "
-         f"priors: {args.priors}")
+         f"priors: {args.priors}, {args.clock} clock")
     print_table(table, target, budget)
     if overhead:
         print("sampler overhead, one suggestion with", args.overhead_finished, "finished trials:", overhead)

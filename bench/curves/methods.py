@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 from bench.curves.replay import DIVERGED, budget_stopper, make_replay_trainable, read_events, replay_epochs
 from bench.curves.surrogate import Surrogate
+from bench.curves.virtual_clock import start_clock
 
 SAMPLES_MARGIN = 1.3  # num_samples = margin x budget / expected epochs per trial (the rest never runs)
 
@@ -39,9 +40,10 @@ class Bench:
     raw_spec: dict  # the spec as written (search_spaces/recipe.yaml); its space is the recorded one
     budget_epochs: int  # epochs of compute each search may consume
     concurrency: int  # trials at once (Ray methods)
-    time_factor: float  # sleep = recorded seconds x this
+    time_factor: float  # wall clock only: sleep = recorded seconds x this
     work: Path  # scratch folder; every run gets its own subfolder, removed afterwards
     priors: bool = False  # every method starts from the spec's points_to_evaluate, or none does
+    clock: str = "simulated"  # "simulated": repeatable order of epochs (virtual_clock); "wall": sleeps
 
     @property
     def epochs(self) -> int:
@@ -161,12 +163,20 @@ def real_driver(bench: Bench, seed: int, spec, *, upstream: bool = False) -> Sea
     """Runs ``spec`` through ``tuner.search.driver.run_search`` with the replay trainable
     (``upstream``: the same Tuner but with Ray's own OptunaSearch, which tells Optuna every trial
     the scheduler stopped as COMPLETE with its low-fidelity value)."""
+    import ray
+
+    from tuner.cluster.connect import start_ray
     from tuner.places import SearchPlaces
-    from tuner.search.driver import run_search
+    from tuner.search.driver import run_search, trial_budget
 
     folder = _run_dir(bench, spec)
+    clock = None
+    if bench.clock == "simulated":
+        start_ray(None)  # the clock is an actor: Ray must be up before the driver brings it up
+        clock = start_clock(spec.budget.max_concurrent, trial_budget(spec), bench.budget_epochs)
     trainable = make_replay_trainable(bench.surrogate, seed=seed, time_factor=bench.time_factor,
-                                      events_dir=folder / "events", epoch_budget=bench.budget_epochs)
+                                      events_dir=folder / "events", epoch_budget=bench.budget_epochs,
+                                      clock=clock)
     places = SearchPlaces(str(folder / "ray"), f"sqlite:///{folder / 'mlflow.db'}", folder / "mlruns",
                           folder / "state")
     stop = budget_stopper(folder / "events", bench.budget_epochs)
@@ -176,9 +186,13 @@ def real_driver(bench: Bench, seed: int, spec, *, upstream: bool = False) -> Sea
                    else run_search(spec, places, no_tracking(), trainable=trainable, stop=stop))
         wall = time.time() - start
         events = read_events(folder / "events")
-        return SearchRun(_relative(events, start), wall, len(results),
-                         {"errors": sum(r.error is not None for r in results)})
+        notes = {"errors": sum(r.error is not None for r in results)}
+        if clock is not None:
+            notes["clock"] = ray.get(clock.stats.remote())
+        return SearchRun(events if clock is not None else _relative(events, start), wall, len(results), notes)
     finally:
+        if clock is not None:
+            ray.kill(clock)
         shutil.rmtree(folder, ignore_errors=True)
 
 

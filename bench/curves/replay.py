@@ -1,13 +1,15 @@
-"""A trainable that replays the surrogate's curve for the configuration it is given, in scaled time.
+"""A trainable that replays the surrogate's curve for the configuration it is given, in simulated time.
 
 ``make_replay_trainable`` returns a Ray Tune function trainable for ``run_search(..., trainable=)``:
 the REAL search path (spec -> space -> our OptunaSearch -> ConcurrencyLimiter -> the real scheduler)
-runs it as it runs the real trainable. Each epoch sleeps the recorded seconds x ``time_factor`` and
-reports what ``trainables.runner`` reports (val_acc, val_loss, epoch, epoch_time_s, status, final),
-so ASHA stops and Optuna hears what it would in a real search, asynchronously, 2-8 trials at once.
+runs it as it runs the real trainable. Each epoch waits for its turn on a simulated clock
+(``virtual_clock``: the epoch that ends first in recorded seconds goes first, a run is repeatable),
+or, without a clock, sleeps the recorded seconds x ``time_factor``; then it reports what
+``trainables.runner`` reports (val_acc, val_loss, epoch, epoch_time_s, status, final), so ASHA stops
+and Optuna hears what it would in a real search, asynchronously, 2-8 trials at once.
 
-Every replayed epoch is also appended to ``events_dir`` (one JSON-lines file per trial: wall time,
-val_acc, epoch): the anytime curves are built from these, in the order the epochs really ended.
+Every replayed epoch is also appended to ``events_dir`` (one JSON-lines file per trial: when it
+ended, val_acc, epoch): the anytime curves are built from these, in the order the epochs ended.
 An ``epoch_budget`` ends the search's work once that many epochs were replayed (trials then return
 without training), so that a search with spare ``num_samples`` costs no more than the budget.
 """
@@ -96,11 +98,12 @@ def append_event(events_dir: Path, trial: str, event: dict) -> None:
 
 
 def read_events(events_dir: Path) -> list[dict]:
-    """Every replayed epoch of a search, in the order they ended."""
+    """Every replayed epoch of a search, in the order they ended (the simulated clock's release
+    order when there was one, else wall time)."""
     events = []
     for path in Path(events_dir).glob("*.jsonl"):
         events += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(events, key=lambda e: e["t"])
+    return sorted(events, key=lambda e: (e.get("seq", 0), e["t"]))
 
 
 def prepare_driver() -> None:
@@ -111,29 +114,45 @@ def prepare_driver() -> None:
 
     import ray
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.cloudpickle.register_pickle_by_value(sys.modules[Surrogate.__module__])
+    from bench.curves import virtual_clock
+
+    for module in (sys.modules[__name__], sys.modules[Surrogate.__module__], virtual_clock):
+        ray.cloudpickle.register_pickle_by_value(module)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
 def make_replay_trainable(surrogate: Surrogate, *, seed: int, time_factor: float, events_dir: Path,
-                          epoch_budget: Optional[int] = None, noise_scale: float = 1.0) -> Callable[[dict], None]:
-    """A Ray Tune function trainable replaying ``surrogate`` (benchmark seed ``seed``)."""
+                          epoch_budget: Optional[int] = None, noise_scale: float = 1.0,
+                          clock=None) -> Callable[[dict], None]:
+    """A Ray Tune function trainable replaying ``surrogate`` (benchmark seed ``seed``).
+
+    ``clock``: a ``virtual_clock.VirtualClock`` actor; each epoch waits for its turn in simulated
+    time instead of sleeping (the events' ``t`` is then simulated seconds, ``seq`` their order).
+    Without one, each epoch sleeps its recorded seconds x ``time_factor`` (wall-clock replay)."""
     events_dir = Path(events_dir)
     events_dir.mkdir(parents=True, exist_ok=True)
     budget = EpochBudget(events_dir / "budget", epoch_budget)
 
     def replay_trial(config: dict) -> None:
-        from ray import tune  # only Ray's workers run this
+        import ray  # only Ray's workers run this
+        from ray import tune
 
         params = searched_params(surrogate, config)
         trial = uuid.uuid4().hex[:12]
+        tiebreak = json.dumps(params, sort_keys=True, default=str)
         epochs = int(config.get("epochs", surrogate.epochs))
         for metrics in replay_epochs(surrogate, params, seed=seed, epochs=epochs, noise_scale=noise_scale):
+            when = {}
+            if clock is not None:
+                when = ray.get(clock.turn.remote(trial, metrics["epoch_time_s"], tiebreak, metrics["final"]))
+                if when is None:
+                    return  # the search's epoch budget is spent
             if not budget.take():
                 return  # the search's epoch budget is spent: nothing more is counted
-            time.sleep(metrics["epoch_time_s"] * time_factor)
-            append_event(events_dir, trial, {"t": time.time(), "trial": trial, "epoch": metrics["epoch"],
+            if clock is None:
+                time.sleep(metrics["epoch_time_s"] * time_factor)
+                when = {"t": time.time()}
+            append_event(events_dir, trial, {**when, "trial": trial, "epoch": metrics["epoch"],
                                              "val_acc": metrics["val_acc"], "params": params})
             tune.report(metrics)
 

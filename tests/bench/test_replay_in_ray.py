@@ -42,8 +42,8 @@ def test_a_ray_search_of_three_trials_reports_the_surrogates_curves_within_the_b
     for event in run.events:
         by_trial[event["trial"]].append(event)
     assert len(by_trial) == 3 and len(run.events) == 20
-    # Two trials at a time: which ones the budget cuts short depends on when each process started
-    # ([4, 8, 8] on an idle machine, [6, 6, 8] on a busy one); the 4 epochs it refuses do not.
+    # Two trials at a time on the simulated clock: the budget cuts short whichever trials' epochs
+    # end last in recorded seconds; the 4 epochs it refuses are the same either way.
     lengths = sorted(len(e) for e in by_trial.values())
     assert sum(8 - n for n in lengths) == 4 and lengths[-1] == 8 and lengths[0] >= 1, lengths
     for events in by_trial.values():
@@ -51,6 +51,25 @@ def test_a_ray_search_of_three_trials_reports_the_surrogates_curves_within_the_b
         assert [e["epoch"] for e in events] == list(range(1, len(events) + 1))
         np.testing.assert_allclose([e["val_acc"] for e in events], expected)
     assert [e["t"] for e in run.events] == sorted(e["t"] for e in run.events)
+    assert [e["seq"] for e in run.events] == list(range(1, 21))
+    assert run.notes["clock"]["released"] == 20 and run.notes["clock"]["late_releases"] == 0
+
+
+def test_the_same_seed_replays_the_same_search_epoch_for_epoch(bench):
+    # TPE + ASHA, 2 at once: what ASHA stops and what TPE has seen when it suggests depend on the
+    # order of reports. On the simulated clock that order comes from the recorded seconds alone,
+    # so two runs are the same search, whatever the machine's load did to Ray's processes.
+    def one_run():
+        spec = bench_spec(bench, 7, "replay-repeat", sampler={"name": "tpe", "options": {"n_startup_trials": 3}},
+                          scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+                          priors=False, num_samples=12)
+        run = real_driver(bench, 7, spec)
+        return [(e["epoch"], e["val_acc"], e["params"]["lr"]) for e in run.events], run
+
+    first, run = one_run()
+    second, _ = one_run()
+    assert len(first) == 20 and run.trials > 20 // syn.EPOCHS + 1  # ASHA stopped some trials early
+    assert first == second
 
 
 def test_the_search_ends_when_its_epoch_budget_is_spent(bench):
