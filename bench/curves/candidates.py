@@ -24,6 +24,8 @@ _candidate("tpe5+asha", "TPE with 5 random start-ups + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"n_startup_trials": 5}}, None)
 _candidate("tpe-nolie+asha", "TPE without the constant liar + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"constant_liar": False}}, None)
+_candidate("tpe-nolie+asha-rf4", "TPE without the constant liar + ASHA grace 1, rf 4",
+           {"name": "tpe", "options": {"constant_liar": False}}, {"name": "asha", "reduction_factor": 4})
 _candidate("tpe-ei64+asha", "TPE scoring 64 candidates per suggestion + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"n_ei_candidates": 64}}, None)
 _candidate("tpe-g20+asha", "TPE whose good density is the top 20 % + ASHA (grace 1, rf 3)",
@@ -87,3 +89,12 @@ def _rung_tpe_candidate(name: str, sampler: str) -> None:
 
 _rung_tpe_candidate("tpe-rung+asha", "tpe-rung")
 _rung_tpe_candidate("tpe-rung-keep+asha", "tpe-rung-keep")
+
+
+@method("tpe-best+asha", "TPE fitted on every finished trial ranked by its best val_acc at any epoch "
+                         "(tpe-best) + ASHA (grace 1, rf 3)")
+def _best_value_tpe(bench, seed):
+    from bench.curves.rung_tpe import register_rung_tpe_sampler  # optuna's internals: only here
+
+    register_rung_tpe_sampler()
+    return real_driver(bench, seed, bench_spec(bench, seed, "tpe-best+asha", sampler={"name": "tpe-best"}))

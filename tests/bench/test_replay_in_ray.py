@@ -4,6 +4,7 @@ and the epoch budget ends the work of a search. One Ray session, one search of 3
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 
@@ -70,6 +71,17 @@ def test_the_same_seed_replays_the_same_search_epoch_for_epoch(bench):
     second, _ = one_run()
     assert len(first) == 20 and run.trials > 20 // syn.EPOCHS + 1  # ASHA stopped some trials early
     assert first == second
+
+
+def test_the_wall_clock_replay_still_spends_exactly_the_budget(bench):
+    # --clock wall: epochs sleep instead of taking turns; the order is the wall clock's.
+    wall = dataclasses.replace(bench, clock="wall")
+    spec = bench_spec(wall, 5, "replay-wall", sampler={"name": "random"}, scheduler={"name": "fifo"},
+                      priors=False, num_samples=3)
+    run = real_driver(wall, 5, spec)
+    assert len(run.events) == 20 and "clock" not in run.notes
+    assert all("seq" not in e for e in run.events)
+    assert [e["t"] for e in run.events] == sorted(e["t"] for e in run.events)
 
 
 def test_the_search_ends_when_its_epoch_budget_is_spent(bench):

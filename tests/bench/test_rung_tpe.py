@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from bench.curves.rung_tpe import RungTPESampler, default_min_points
+from bench.curves.rung_tpe import BestValueTPESampler, RungTPESampler, default_min_points
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 X = {"x": FloatDistribution(0.0, 1.0)}
@@ -146,3 +146,17 @@ def test_the_registered_builder_sizes_min_points_like_bohb():
     keep = build_sampler("tpe-rung-keep", space=space, seed=0, options=options("tpe-rung-keep", min_points=3),
                          max_concurrent=1, num_samples=20)
     assert keep.keep_lower and keep.min_points == 3 and not keep.tpe._constant_liar
+
+
+def test_the_best_value_view_ranks_every_finished_trial_by_its_best_value_at_any_step():
+    study = _study()
+    sampler = BestValueTPESampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=0), min_points=5)
+    seen = _seen(sampler.view(study))
+    assert sampler.last_fidelity == math.inf
+    # #3, pruned after one step at 0.8, now ranks above #2 (0.7 at step 3); FAIL and RUNNING stay.
+    assert seen == {0: (TrialState.COMPLETE, 0.9), 1: (TrialState.COMPLETE, 0.4), 2: (TrialState.COMPLETE, 0.7),
+                    3: (TrialState.COMPLETE, 0.8), 4: (TrialState.COMPLETE, 0.05),
+                    5: (TrialState.FAIL, None), 6: (TrialState.RUNNING, None)}
+    assert study.trials[3].state == TrialState.PRUNED  # the study itself still says PRUNED
+    few = BestValueTPESampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=0), min_points=6)
+    assert _seen(few.view(study))[3] == (TrialState.PRUNED, None) and few.last_fidelity is None
