@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to the head; refused is instant, a dropped packet waits this long
 PROBE_TIMEOUT_S = 120.0  # a node probe starts one Python worker and imports torch: seconds, not minutes
+PROBE_RETRIES = 2  # runs of a probe whose worker died before it answered, after the first
 TRIAL_MODULE = "trainables.trial"  # what every trial process imports (pulls in torch, torchvision)
 TOKEN_HINT = ("with token auth on (RAY_AUTH_MODE=token), this machine needs the cluster's token: "
               "`ray get-auth-token` on the head, saved to ~/.ray/auth_token or $RAY_AUTH_TOKEN_PATH")
@@ -287,7 +288,9 @@ def _node_probe():
 def check_nodes(hosts: list[NodeShape], *, storage_path: str, data_dirs: list[str],
                 timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """One zero-CPU task per node that can host a trial: imports, storage, data folders."""
-    remote_probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe())
+    # A probe whose worker died (a loaded node, the OOM killer) runs again; Ray retries system
+    # failures only, so what the probe itself reports or raises still answers at once.
+    remote_probe = ray.remote(num_cpus=0, max_retries=PROBE_RETRIES)(_node_probe())
     local_storage = None if "://" in storage_path else storage_path  # cloud storage: same credentials
     refs = {
         remote_probe.options(
