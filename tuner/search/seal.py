@@ -172,11 +172,11 @@ def verify_search_state(experiment_dir: str, search: str) -> None:
                         f"(resume on the machine that ran the search, or set ${KEY_ENV}); {trust}")
     filesystem, root = _filesystem(experiment_dir)
     infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
-    files = {Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.File}
+    sizes = {Path(i.path).name: i.size for i in infos if i.type == pyarrow.fs.FileType.File}
     # Ray copies a save into the storage file by file, over the previous one: a driver killed
     # during that copy leaves files opened and never written. No Ray state or seal is ever empty.
-    empty = sorted(Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.File and i.size == 0
-                   and (is_ray_state(Path(i.path).name) or Path(i.path).name in (STATE_SEAL, TUNER_SEAL)))
+    empty = sorted(name for name, size in sizes.items()
+                   if size == 0 and (is_ray_state(name) or name in (STATE_SEAL, TUNER_SEAL)))
     if empty:
         raise UserError(
             f"{where}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: the driver was "
@@ -190,12 +190,12 @@ def verify_search_state(experiment_dir: str, search: str) -> None:
 
     accepted: dict[str, set[str]] = {}
     for seal in (STATE_SEAL, TUNER_SEAL):
-        if seal not in files:
+        if seal not in sizes:
             raise UserError(f"{where}: {seal} is missing, so Ray's state there is unsigned (a search saved "
                             f"before tuner signed its state, or files put there by hand); {trust}")
         for name, macs in _read_seal(key, read(seal), f"{where}/{seal}").items():
             accepted.setdefault(name, set()).update(macs)
-    for name in sorted(files):
+    for name in sorted(sizes):
         if is_ray_state(name) and mac(key, name, read(name)) not in accepted.get(name, ()):
             raise UserError(f"{where}/{name}: not signed by this machine's search-state key "
                             f"({key_path()}); refusing to resume, because Ray would unpickle it; {trust}")
