@@ -235,6 +235,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def run_conditions(args, seeds: list[int], budget: int, time_factor: float, curves_path: Path,
+                   surrogate_path: Path) -> dict:
+    """What a kept result must share with this run to be reused by --resume."""
+    return {
+        "seeds": seeds, "budget_epochs": budget, "concurrency": args.concurrency,
+        "clock": args.clock, "time_factor": round(time_factor, 6) if args.clock == "wall" else None,
+        "priors": args.priors,
+        "curves_sha256": file_sha256(curves_path), "surrogate_sha256": file_sha256(surrogate_path),
+    }
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     import optuna
@@ -256,12 +267,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # --resume changes where results come from, not what they are: left out, so that the command
     # regenerates the file from scratch rather than keeping what the file already holds.
     command = shlex.join(["python", "bench/search_quality.py", *(a for a in given if a != "--resume")])
-    conditions = {  # what a kept result must share with this run to be reused by --resume
-        "seeds": seeds, "budget_epochs": budget, "concurrency": args.concurrency,
-        "clock": args.clock, "time_factor": round(time_factor, 6) if args.clock == "wall" else None,
-        "priors": args.priors,
-        "curves_sha256": file_sha256(curves_path), "surrogate_sha256": file_sha256(surrogate_path),
-    }
+    conditions = run_conditions(args, seeds, budget, time_factor, curves_path, surrogate_path)
     kept = kept_results(out, conditions) if args.resume else {}
     start_ray(args.concurrency)
 
