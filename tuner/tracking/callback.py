@@ -324,6 +324,8 @@ class MlflowTracking(Callback):
         scored = {tid: e["best"] for tid, e in entries.items() if e.get("best") is not None}
         if scored:
             pick = max if self.mode == "max" else min
+            # Ties go to the trial started first (max/min keep the first of equals; entries are in
+            # start order), as the leaderboard ranks them.
             best_trial = pick(scored, key=scored.get)
             metrics.append(metric_row(f"best_{self.metric}", scored[best_trial], now, 0))
             tags[BEST_TRIAL_TAG] = best_trial
