@@ -68,6 +68,13 @@ def _trainable(spec: SearchSpec, function: Callable[[dict], None]):
     return tune.with_resources(function, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
+def spec_scheduler(spec: SearchSpec):
+    """The spec's trial scheduler, told the spec's points_to_evaluate (ASHA lets them run to the end)."""
+    return build_scheduler(spec.scheduler.name, metric=spec.metric, mode=spec.mode, epochs=spec.epochs,
+                           options=spec.scheduler.options, points=spec.points_to_evaluate,
+                           searched=frozenset(p.name for p in spec.space))
+
+
 def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking,
                 *, console: SearchConsole, ray_output: bool = False,
                 experiment: Optional[tuple[str, str]] = None,
@@ -85,8 +92,7 @@ def build_tuner(spec: SearchSpec, places: SearchPlaces, tracking: MlflowTracking
             # Signs Ray's state at every save, so that `tuner resume` unpickles only what a driver wrote.
             search_alg=SealedSearchGenerator(
                 ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)),
-            scheduler=build_scheduler(spec.scheduler.name, metric=spec.metric, mode=spec.mode,
-                                      epochs=spec.epochs, options=spec.scheduler.options),
+            scheduler=spec_scheduler(spec),
             num_samples=trial_budget(spec),
             time_budget_s=spec.budget.time_budget_s,
             reuse_actors=True,

@@ -23,6 +23,8 @@ class SchedulerBuild:
     mode: str
     epochs: int  # every trial's full length (max_t)
     options: dict
+    points: tuple = ()  # the spec's points_to_evaluate
+    searched: frozenset = frozenset()  # the names of the searched parameters
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,21 @@ def _register(name: str, **entry):
     options={
         "grace_period": Option(int, 1, minimum=1, help="epochs before the first rung"),
         "reduction_factor": Option(float, 3, minimum=2, help="1/rf of the trials pass each rung"),
+        "points_to_end": Option(bool, True, help="never stop a trial of the spec's points_to_evaluate "
+                                "early: they are trusted recipes, judged at low rungs mid-schedule"),
     },
 )
 def _asha(b: SchedulerBuild):
     from ray.tune.schedulers import ASHAScheduler  # heavy: only when a search runs
 
-    return ASHAScheduler(
-        time_attr="training_iteration", metric=b.metric, mode=b.mode, max_t=b.epochs,
-        grace_period=min(b.options["grace_period"], b.epochs),
-        reduction_factor=b.options["reduction_factor"],
-    )
+    asha = dict(time_attr="training_iteration", metric=b.metric, mode=b.mode, max_t=b.epochs,
+                grace_period=min(b.options["grace_period"], b.epochs),
+                reduction_factor=b.options["reduction_factor"])
+    if b.options["points_to_end"] and b.points:
+        from tuner.search.points_to_end import PointsRunToTheEndASHA  # imports ray: only when a search runs
+
+        return PointsRunToTheEndASHA(points=b.points, searched=b.searched, **asha)
+    return ASHAScheduler(**asha)
 
 
 @_register(
@@ -85,6 +92,9 @@ def _fifo(b: SchedulerBuild):
     return FIFOScheduler()
 
 
-def build_scheduler(name: str, *, metric: str, mode: str, epochs: int, options: dict):
-    """The Ray Tune scheduler of registry entry ``name`` (options already checked by the spec)."""
-    return SCHEDULERS.get(name).build(SchedulerBuild(metric, mode, epochs, options))
+def build_scheduler(name: str, *, metric: str, mode: str, epochs: int, options: dict,
+                    points: tuple = (), searched: frozenset = frozenset()):
+    """The Ray Tune scheduler of registry entry ``name`` (options already checked by the spec);
+    ``points``: the spec's points_to_evaluate, ``searched``: its searched parameters' names."""
+    return SCHEDULERS.get(name).build(SchedulerBuild(metric, mode, epochs, options, tuple(points),
+                                                     frozenset(searched)))
