@@ -30,6 +30,9 @@ _candidate("tpe-ei64+asha", "TPE scoring 64 candidates per suggestion + ASHA (gr
            {"name": "tpe", "options": {"n_ei_candidates": 64}}, None)
 _candidate("tpe-g20+asha", "TPE whose good density is the top 20 % + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"gamma": 0.2}}, None)
+for _share in (25, 50):
+    _candidate(f"tpe-near{_share}+asha", f"TPE, {_share} % of trials near the best so far + ASHA (grace 1, rf 3)",
+               {"name": "tpe", "options": {"near_best": _share / 100}}, None)
 _candidate("tpe-indep+asha", "univariate TPE (Optuna's default) + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"multivariate": False}}, None)
 

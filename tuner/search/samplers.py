@@ -65,20 +65,28 @@ def _register(name: str, **entry):
         "n_ei_candidates": Option(int, 24, minimum=1, help="candidates scored per suggestion"),
         "gamma": Option(float, 0.1, minimum=0.01, maximum=0.5,
                         help="fraction of the finished trials the model calls good (at most 25)"),
+        "near_best": Option(float, 0.0, minimum=0.0, maximum=1.0,
+                            help="share of trials, after the start-up, that change a few parameters of "
+                                 "the best trial so far instead of asking the model (near_best.py)"),
     },
 )
 def _tpe(b: SamplerBuild):
     import optuna  # heavy: only when a search builds its sampler
 
     o = b.options
-    return optuna.samplers.TPESampler(
+    n_startup = startup_trials(b) if o["n_startup_trials"] is None else o["n_startup_trials"]
+    tpe = optuna.samplers.TPESampler(
         seed=b.seed, multivariate=o["multivariate"],
         # Optuna groups only a multivariate model: univariate TPE on a conditional space is not grouped.
         group=(b.conditional and o["multivariate"]) if o["group"] is None else o["group"],
         constant_liar=b.max_concurrent > 1 if o["constant_liar"] is None else o["constant_liar"],
-        n_startup_trials=startup_trials(b) if o["n_startup_trials"] is None else o["n_startup_trials"],
-        n_ei_candidates=o["n_ei_candidates"], gamma=GoodFraction(o["gamma"]),
+        n_startup_trials=n_startup, n_ei_candidates=o["n_ei_candidates"], gamma=GoodFraction(o["gamma"]),
     )
+    if not o["near_best"]:
+        return tpe
+    from tuner.search.near_best import NearBestSampler  # imports optuna: only when a search builds it
+
+    return NearBestSampler(tpe, fraction=o["near_best"], after_trials=n_startup, seed=b.seed)
 
 
 @dataclass(frozen=True)
