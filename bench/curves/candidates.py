@@ -20,6 +20,8 @@ for _grace in (2, 3):
     _candidate(f"tpe+asha-g{_grace}", f"TPE + ASHA grace {_grace}, rf 3",
                None, {"name": "asha", "grace_period": _grace, "reduction_factor": 3})
 _candidate("tpe+asha-rf4", "TPE + ASHA grace 1, rf 4", None, {"name": "asha", "reduction_factor": 4})
+_candidate("tpe+asha-stoppoints", "TPE + ASHA that may stop the spec's points_to_evaluate early",
+           None, {"name": "asha", "points_to_end": False})
 _candidate("tpe5+asha", "TPE with 5 random start-ups + ASHA (grace 1, rf 3)",
            {"name": "tpe", "options": {"n_startup_trials": 5}}, None)
 _candidate("tpe-nolie+asha", "TPE without the constant liar + ASHA (grace 1, rf 3)",
