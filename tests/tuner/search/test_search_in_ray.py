@@ -96,6 +96,8 @@ def test_early_stopping_schedulers_prune_the_bad_trials(ray_session, tmp_path, s
     options = {"grace_period": 1}
     if scheduler == "median":
         options["min_samples_required"] = 1
+    if "points_to_end" in SCHEDULERS.get(scheduler).options:
+        options["points_to_end"] = False  # these points stand in for any trials; the next test keeps them
     # The good point runs first and alone; the far-off ones are stopped at their first chance.
     results, study, runs = search(
         tmp_path, ray_session, f"p-{scheduler}", fixed={"epochs": 4},
@@ -112,6 +114,20 @@ def test_early_stopping_schedulers_prune_the_bad_trials(ray_session, tmp_path, s
     assert pruned.intermediate_values and max(pruned.intermediate_values) < 4  # stopped before the end
     statuses = sorted(r.data.tags["tuner.status"] for r in runs.values())
     assert statuses == ["completed", "early_stopped", "early_stopped"]
+
+
+def test_asha_lets_the_specs_points_run_to_the_end(ray_session, tmp_path):
+    # The same search as above under the default ASHA: the far-off points are the user's recipes.
+    results, study, runs = search(
+        tmp_path, ray_session, "p-points", fixed={"epochs": 4},
+        space={"lr": {"loguniform": [0.0001, 1.0]}},
+        points_to_evaluate=[{"lr": 0.05}, {"lr": 0.0001}, {"lr": 0.00011}],
+        sampler={"name": "random", "seed": 0}, scheduler={"name": "asha", "grace_period": 1},
+        budget={"num_samples": 3, "max_concurrent": 1, "max_failures": 0},
+    )
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert sorted(r.metrics["training_iteration"] for r in results) == [4, 4, 4]  # every epoch ran
+    assert sorted(r.data.tags["tuner.status"] for r in runs.values()) == ["completed"] * 3
 
 
 def test_a_trial_that_raises_fails_in_optuna_and_mlflow(ray_session, tmp_path):
