@@ -32,7 +32,7 @@ class PointsRunToTheEndASHA(AsyncHyperBandScheduler):
         super().__init__(**asha)
         self._points = [dict(p) for p in points]
         self._searched = frozenset(searched)
-        self._kept: set[str] = set()  # trial ids of the points (so the debug string can say so)
+        self._kept: set[str] = set()  # trial ids already known to be points: matched once, not per rung
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
