@@ -103,3 +103,18 @@ def _best_value_tpe(bench, seed):
 
     register_rung_tpe_sampler()
     return real_driver(bench, seed, bench_spec(bench, seed, "tpe-best+asha", sampler={"name": "tpe-best"}))
+
+
+def _mf_forest_candidate(name: str, random_fraction: float) -> None:
+    def run(bench, seed):
+        from bench.curves.mf_forest import register_mf_forest_sampler  # sklearn: only here
+
+        register_mf_forest_sampler()
+        return real_driver(bench, seed, bench_spec(bench, seed, name, sampler={
+            "name": "mf-forest", "options": {"random_fraction": random_fraction}}))
+
+    method(name, f"a random forest over (configuration, epoch) fitted on every reported epoch, "
+                 f"{random_fraction:.0%} random trials (mf_forest.py) + ASHA (grace 1, rf 3)")(run)
+
+
+_mf_forest_candidate("mfrf+asha", 0.2)
