@@ -14,9 +14,10 @@ from tuner.datasets.demo import unpack_demo_data
 
 REQUIRE_SERVICES = os.environ.get("TUNER_REQUIRE_SERVICES") == "1"
 
-# Test files whose session-scoped fixture (a real search against a real MLflow server) is shared:
-# their tests must run in one pytest-xdist worker, or each worker would run that search again.
-SHARED_SESSION_FIXTURE_DIRS = ("tests/tuner/tracking/",)
+# Test files that share a session- or package-scoped fixture: their tests must run in one
+# pytest-xdist worker, or each worker would build it again. tracking/: a real search against a real
+# MLflow server; cluster/: a local multi-node Ray cluster (a head and two worker nodes).
+SHARED_SESSION_FIXTURE_DIRS = ("tests/tuner/tracking/", "tests/cluster/")
 
 
 def work_unit(nodeid: str) -> str:
