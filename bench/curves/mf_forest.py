@@ -32,10 +32,11 @@ from typing import Any, Optional
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.search.near_best import changed, unit_scale
 from tuner.search.options import Option
 from tuner.search.samplers import SAMPLERS, SamplerEntry, startup_trials
 
@@ -48,38 +49,19 @@ def encode(value: Any, dist: BaseDistribution) -> float:
     index: the trees split its choices apart)."""
     if isinstance(dist, CategoricalDistribution):
         return dist.to_internal_repr(value) / max(1, len(dist.choices) - 1)
-    low, high, v = float(dist.low), float(dist.high), float(value)
-    if getattr(dist, "log", False):
-        low, high, v = math.log(low), math.log(high), math.log(v)
-    return 0.0 if high == low else (v - low) / (high - low)
+    return unit_scale(dist)[0](value)
 
 
 def draw(dist: BaseDistribution, rng: np.random.RandomState) -> Any:
+    """A uniform draw (over the log range for a log distribution), on the distribution's step."""
     if isinstance(dist, CategoricalDistribution):
         return dist.choices[rng.randint(len(dist.choices))]
-    if isinstance(dist, IntDistribution):
-        if dist.log:
-            return int(min(dist.high, max(dist.low, round(math.exp(rng.uniform(math.log(dist.low),
-                                                                               math.log(dist.high + 1)))))))
-        return int(dist.low + dist.step * rng.randint((dist.high - dist.low) // dist.step + 1))
-    if dist.log:
-        return float(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high))))
-    return float(rng.uniform(dist.low, dist.high))
-
-
-def nudge(value: Any, dist: BaseDistribution, rng: np.random.RandomState, step: float = 0.15) -> Any:
-    """A nearby value: another choice of a categorical, a Gaussian step of ``step`` of a number's
-    (log) range."""
-    if isinstance(dist, CategoricalDistribution):
-        others = [c for c in dist.choices if c != value] or list(dist.choices)
-        return others[rng.randint(len(others))]
-    log = dist.log
-    low, high, v = (math.log(dist.low), math.log(dist.high), math.log(value)) if log else (dist.low, dist.high, value)
-    new = min(high, max(low, v + rng.normal(0.0, step * (high - low))))
-    new = math.exp(new) if log else new
-    if isinstance(dist, IntDistribution):
-        return int(min(dist.high, max(dist.low, round(new))))
-    return float(new)
+    value = unit_scale(dist)[1](rng.uniform())
+    if isinstance(dist, IntDistribution) or dist.step is not None:
+        grid = dist.step or 1
+        value = min(max(dist.low + round((value - dist.low) / grid) * grid, dist.low), dist.high)
+        return int(value) if isinstance(dist, IntDistribution) else float(value)
+    return float(min(max(value, dist.low), dist.high))
 
 
 class MultiFidelityForestSampler(optuna.samplers.BaseSampler):
@@ -87,7 +69,6 @@ class MultiFidelityForestSampler(optuna.samplers.BaseSampler):
                  n_candidates: int = 512, random_fraction: float = 0.2, top: int = 8):
         self._n_startup = n_startup_trials
         self._rng = np.random.RandomState(seed)
-        self._seed = seed
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._n_trees = n_trees
         self._n_candidates = n_candidates
@@ -149,7 +130,7 @@ class MultiFidelityForestSampler(optuna.samplers.BaseSampler):
             child = {n: parent[n] for n in names}
             change = [n for n in names if self._rng.uniform() < 0.3] or [names[self._rng.randint(len(names))]]
             for n in change:
-                child[n] = nudge(child[n], search_space[n], self._rng)
+                child[n] = changed(child[n], search_space[n], self._rng, step=0.15)
             candidates.append(child)
         X = np.asarray([[encode(c[n], search_space[n]) for n in names] + [float(fidelity)] for c in candidates])
         trees = self._rng.choice(len(forest.estimators_), size=max(4, len(forest.estimators_) // 4), replace=False)

@@ -10,7 +10,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from bench.curves.mf_forest import MultiFidelityForestSampler, encode, nudge
+from bench.curves.mf_forest import MultiFidelityForestSampler, draw, encode
+from tuner.search.near_best import changed
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"opt": CategoricalDistribution(["sgd", "adamw"]), "lr": FloatDistribution(1e-4, 1.0, log=True)}
@@ -27,8 +28,11 @@ def test_encode_maps_log_and_categorical_values_to_the_unit_interval():
     assert math.isclose(encode(1e-2, SPACE["lr"]), 0.5)
     assert [encode(c, SPACE["opt"]) for c in ("sgd", "adamw")] == [0.0, 1.0]
     rng = np.random.RandomState(0)
-    assert all(1e-4 <= nudge(1e-2, SPACE["lr"], rng) <= 1.0 for _ in range(50))
-    assert nudge("sgd", SPACE["opt"], rng) == "adamw"  # a categorical always moves
+    draws = [draw(SPACE["lr"], rng) for _ in range(400)]
+    assert all(1e-4 <= d <= 1.0 for d in draws)
+    assert 0.4 < np.mean([d < 1e-2 for d in draws]) < 0.6  # uniform over the log range
+    assert all(1e-4 <= changed(1e-2, SPACE["lr"], rng, 0.15) <= 1.0 for _ in range(50))
+    assert changed("sgd", SPACE["opt"], rng, 0.15) == "adamw"  # a categorical always moves
 
 
 def _study_with_curves(rng, n, running_best=False):

@@ -93,26 +93,10 @@ class NearBestSampler(optuna.samplers.BaseSampler):
         if param_name != forced and self._rng.uniform() >= self._mutation_rate:
             return old
         for _ in range(8):  # a small step on an integer or a stepped range can round back to ``old``
-            new = self._change(old, param_distribution)
+            new = changed(old, param_distribution, self._rng, self._step)
             if new != old:
                 return new
         return _next_to(old, param_distribution)
-
-    def _change(self, old: Any, dist: BaseDistribution) -> Any:
-        if isinstance(dist, CategoricalDistribution):
-            others = [c for c in dist.choices if c != old]
-            return others[self._rng.randint(len(others))] if others else old
-        if isinstance(dist, (FloatDistribution, IntDistribution)):
-            to_unit, from_unit = _unit_scale(dist)
-            unit = _reflect(to_unit(old) + self._rng.normal(0.0, self._step))
-            value = from_unit(unit)
-            if isinstance(dist, IntDistribution) or dist.step is not None:
-                step = dist.step or 1
-                value = dist.low + round((value - dist.low) / step) * step
-                value = min(max(value, dist.low), dist.high)
-                return int(value) if isinstance(dist, IntDistribution) else float(value)
-            return float(min(max(value, dist.low), dist.high))
-        return old
 
     # --- delegated ---------------------------------------------------------------------------
 
@@ -143,6 +127,25 @@ def best_trial(study: optuna.Study, *, mode_max: bool = True) -> Optional[Frozen
     return best
 
 
+def changed(old: Any, dist: BaseDistribution, rng: np.random.RandomState, step: float) -> Any:
+    """A value near ``old``: another choice of a categorical; a number moved by a Gaussian step of
+    ``step`` of its (log) range, folded back inside it and rounded to its step (it may round back
+    to ``old``)."""
+    if isinstance(dist, CategoricalDistribution):
+        others = [c for c in dist.choices if c != old]
+        return others[rng.randint(len(others))] if others else old
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        to_unit, from_unit = unit_scale(dist)
+        value = from_unit(_reflect(to_unit(old) + rng.normal(0.0, step)))
+        if isinstance(dist, IntDistribution) or dist.step is not None:
+            grid = dist.step or 1
+            value = dist.low + round((value - dist.low) / grid) * grid
+            value = min(max(value, dist.low), dist.high)
+            return int(value) if isinstance(dist, IntDistribution) else float(value)
+        return float(min(max(value, dist.low), dist.high))
+    return old
+
+
 def _next_to(old, dist):
     """The neighbouring value of a discrete numeric parameter (``old`` when there is none)."""
     if not isinstance(dist, (FloatDistribution, IntDistribution)):
@@ -154,7 +157,7 @@ def _next_to(old, dist):
     return int(new) if isinstance(dist, IntDistribution) else float(new)
 
 
-def _unit_scale(dist):
+def unit_scale(dist):
     """(to [0, 1], from [0, 1]) for a numeric distribution, in log space when it is a log one."""
     low, high = float(dist.low), float(dist.high)
     if dist.log:
