@@ -4,8 +4,9 @@ A real ``mlflow server`` backed by a fresh PostgreSQL database (dropped afterwar
 artifact root; the real CLI (``python -m tuner.cli search … --tracking-uri http://…``) runs a tiny
 search against it; once a trial has logged an epoch the server is STOPPED, and started again once the
 search has buffered writes, while the search provably still runs (its driver is paused with
-SIGSTOP around each server stop and start, so no trial result slips through unseen). The buffer is
-replayed mid-search; then the server is stopped again and the search ends with writes unsent, which
+SIGSTOP around each server stop and start, so no trial result slips through unseen, and its trials
+are held from the first failed write until the replay, so the search cannot end before it). The
+buffer is replayed mid-search; then the server is stopped again and the search ends with writes unsent, which
 `tuner flush` sends once the server is back. The search runs inside a throw-away git repository, so
 its lineage tag names a known commit. The tests then read the run tree, the leaderboard, promote, predict and
 the UI from that one search. Budget on 2 cores: the server start and the search ~60 s, everything
@@ -14,6 +15,7 @@ else ~40 s (the CLI runs in-process, `tuner.cli.main`, except the search and `tu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -32,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import fresh_postgres_database
-from tuner.tracking.buffer import RETRY_AFTER_S, load_run_state
+from tuner.tracking.buffer import load_run_state
 
 SEARCH = "team"
 SPEC = {
@@ -197,6 +199,38 @@ def paused(process: subprocess.Popen):
         os.kill(process.pid, signal.SIGCONT)
 
 
+def trial_processes(search: subprocess.Popen) -> list[int]:
+    """The search's trial actors (Ray names them ``ray::ImplicitFunc...``): Ray's processes stay in
+    the session the driver was started in (``start_new_session``), so its pid is their session id."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(proc.name)) == search.pid and \
+                    (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                pids.append(int(proc.name))
+        except (OSError, ProcessLookupError):  # exited meanwhile
+            continue
+    return pids
+
+
+@contextmanager
+def trials_held(search: subprocess.Popen):
+    """The search's running trials stopped (SIGSTOP) for the duration of the block: the driver
+    and its MLflow sender run on, but no trial reports, so the search cannot end meanwhile."""
+    held = trial_processes(search)
+    for pid in held:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield held
+    finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 @pytest.fixture(scope="session")
 def team_search(tracking_server, quick_data, tmp_path_factory) -> TeamSearch:
     from mlflow.tracking import MlflowClient
@@ -224,21 +258,21 @@ def team_search(tracking_server, quick_data, tmp_path_factory) -> TeamSearch:
         # the sender thread's backlog behind a request still in flight, which may succeed once the
         # server is back (no outage seen).
         pending = wait_for(lambda: "cannot be reached" in log.read_text() and pending_writes(state_dir),
-                           timeout=300, what="writes buffered during the outage", alive=search, log=log)
-        with paused(search):  # no result is handled while the server restarts
-            tracking_server.start()
-            # The driver retries RETRY_AFTER_S after a failed send: let that pass while it is paused,
-            # so the replay comes as soon as it runs again, and a search of a few short epochs
-            # cannot end in the meantime (the clock runs on; the trials wait at their next report).
-            time.sleep(RETRY_AFTER_S)
-        # The buffer is replayed on the driver's next write: catch that moment and pause there.
-        wait_for(lambda: pending_writes(state_dir) == 0 or search.poll() is not None, timeout=300,
-                 what="the buffered writes to be sent", interval=0.05)
-        at_replay = results_handled(ray_dir)
-        if search.poll() is None:
-            with paused(search):  # outage 2: lasts until the search has ended
-                at_replay = results_handled(ray_dir)
-                tracking_server.stop()
+                           timeout=300, what="writes buffered during the outage", alive=search, log=log,
+                           interval=0.1)
+        # From here until the replay, the trials are held: on a loaded machine the few short epochs
+        # left could otherwise all be handled before the replay, which would then come at the end.
+        with trials_held(search):
+            with paused(search):  # no result is handled while the server restarts
+                tracking_server.start()
+            # The sender retries by itself RETRY_AFTER_S after its failed send: that is the replay.
+            wait_for(lambda: pending_writes(state_dir) == 0 or search.poll() is not None,
+                     timeout=300, what="the buffered writes to be sent", interval=0.05)
+            at_replay = results_handled(ray_dir)
+            if search.poll() is None:
+                with paused(search):  # outage 2: lasts until the search has ended
+                    at_replay = results_handled(ray_dir)
+                    tracking_server.stop()
         search.wait(timeout=600)
     finally:
         if search.poll() is None:
