@@ -22,33 +22,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuner.redact import expand_env
 from tuner.tracking.batching import coalesced, merge_logs
+from tuner.tracking.operations import SEARCH_TARGET, describe
+from tuner.tracking.run_state import STATE_FILE, TRIALS_JOURNAL, load_run_state, write_atomically
 from tuner.tracking.store import is_transient, short_error
 from tuner.tracking.tags import KIND_TAG, PARENT_TAG, TRIAL_TAG, UID_TAG
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "tuner_mlflow_runs.json"  # run ids: a resumed search continues the same runs
-# Trial entries changed since STATE_FILE was written, one JSON line each: a result costs one short
-# append instead of rewriting every trial's entry (a 1,000-trial search saves ~5,000 times).
-TRIALS_JOURNAL = "tuner_mlflow_trials.jsonl"
 COMPACT_AFTER = 2000  # journal lines before the snapshot is rewritten and the journal emptied
 PENDING_FILE = "mlflow_pending.jsonl"
 REJECTED_FILE = "mlflow_rejected.jsonl"
 STAGED_DIR = "mlflow_staged"  # local copies of artifacts waiting to be uploaded
 RETRY_AFTER_S = 5.0  # after a failed send, further sends wait this long (keeps the Ray loop fast)
-SEARCH_TARGET = "search"
 
 # MLflow's log_batch limits per request.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
@@ -102,9 +98,9 @@ class TrackingWriter:
         """Writes the whole state (a new generation) and empties the trial journal."""
         with self.lock:
             self.state["generation"] = int(self.state.get("generation", 0)) + 1
-            _write_atomically(self.state_dir / STATE_FILE, json.dumps(self.state, indent=1))
+            write_atomically(self.state_dir / STATE_FILE, json.dumps(self.state, indent=1))
             # A crash before this line leaves lines of the previous generation: load_run_state skips them.
-            _write_atomically(self.state_dir / TRIALS_JOURNAL, "")
+            write_atomically(self.state_dir / TRIALS_JOURNAL, "")
             self._journal_lines = 0
 
     def save_trial(self, trial_id: str) -> None:
@@ -134,7 +130,7 @@ class TrackingWriter:
 
     def _rewrite_pending(self) -> None:
         text = "".join(json.dumps(op) + "\n" for op in self.pending)
-        _write_atomically(self.pending_path, text)
+        write_atomically(self.pending_path, text)
 
     def staging_dir(self, name: str) -> Path:
         return self.state_dir / STAGED_DIR / name
@@ -234,7 +230,7 @@ class TrackingWriter:
                     self._send([op])
 
     def _reject(self, op: dict, err: BaseException) -> None:
-        line = f"{self.describe(op)} ({short_error(err)})"
+        line = f"{describe(op, self.search_name)} ({short_error(err)})"
         self.rejected.append(line)
         log.warning("MLflow refused a write of search %s, set aside in %s: %s",
                     self.search_name, self.state_dir / REJECTED_FILE, line)
@@ -247,7 +243,7 @@ class TrackingWriter:
         if self.sender is not None:
             self.sender.stop()
         self.flush(force=True)
-        unsent = [self.describe(op) for op in self.pending]
+        unsent = [describe(op, self.search_name) for op in self.pending]
         if unsent:
             listing = "\n".join(f"  [{i}] {line}" for i, line in enumerate(unsent, 1))
             log.warning(
@@ -345,62 +341,9 @@ class TrackingWriter:
             if any(chunk):
                 self.client.log_batch(run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
 
-    # --- words ---
-    def describe(self, op: dict) -> str:
-        target = op.get("target")
-        who = f"search {self.search_name}" if target in (None, SEARCH_TARGET) else f"trial {target}"
-        kind = op["op"]
-        if kind == "experiment":
-            return f"experiment {op['name']!r}: create or find"
-        if kind == "create_run":
-            return f"{who}: create run {op['run_name']!r} with {len(op.get('params', {}))} params"
-        if kind == "status":
-            return f"{who}: run status {op['status']}"
-        if kind == "artifacts":
-            return f"{who}: upload artifacts {', '.join(op.get('files', [])) or '(folder)'} from {op['dir']}"
-        parts = []
-        steps = sorted({m[3] for m in op.get("metrics", [])})
-        if op.get("metrics"):
-            names = ", ".join(sorted({m[0] for m in op["metrics"]}))
-            parts.append(f"metrics {names} at step {', '.join(map(str, steps))}")
-        for key in ("params", "tags"):
-            if op.get(key):
-                parts.append(f"{key} " + ", ".join(f"{k}={v}" for k, v in sorted(op[key].items())))
-        return f"{who}: " + "; ".join(parts)
-
-
-def load_run_state(state_dir: Path) -> dict:
-    """The run-id state of a search: the snapshot, then the journal lines of its generation (a
-    torn last line, from a driver killed mid-write, is a write that never happened)."""
-    state_dir = Path(state_dir)
-    path = state_dir / STATE_FILE
-    state = json.loads(path.read_text()) if path.is_file() else {}
-    state.setdefault("trials", {})
-    journal = state_dir / TRIALS_JOURNAL
-    if journal.is_file():
-        for line in journal.read_text().splitlines():
-            try:
-                change = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if change.get("generation") == state.get("generation"):
-                state["trials"][change["trial"]] = change["entry"]
-    return state
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(text)
-    os.replace(partial, path)
-
 
 def replay(*, tracking_uri: str, state_dir: Path, search_name: str) -> list[str]:
     """Sends a search's pending writes now (for a later flush without resuming); returns what is
     still unsent."""
     writer = TrackingWriter(tracking_uri=tracking_uri, state_dir=state_dir, search_name=search_name)
     return writer.close()
-
-
-def metric_row(name: str, value: Any, timestamp_ms: int, step: int) -> list:
-    return [name, float(value), int(timestamp_ms), int(step)]

@@ -33,7 +33,8 @@ from ray.tune import Callback
 from trainables.status import COMPLETED, EARLY_STOPPED, FAILED, RUNNING, SELF_ENDED
 
 from tuner.redact import expand_env
-from tuner.tracking.buffer import SEARCH_TARGET, TrackingWriter, metric_row
+from tuner.tracking.buffer import TrackingWriter
+from tuner.tracking.operations import SEARCH_TARGET, metric_row
 from tuner.tracking.sender import Sender
 from tuner.tracking.store import fail_fast_http
 from tuner.tracking.lineage import checkpoint_uri, dataset_fingerprint, stage_artifacts

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import fresh_postgres_database
-from tuner.tracking.buffer import load_run_state
+from tuner.tracking.run_state import load_run_state
 
 SEARCH = "team"
 SPEC = {

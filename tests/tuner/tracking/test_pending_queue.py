@@ -7,7 +7,8 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from tuner.tracking.buffer import REJECTED_FILE, SEARCH_TARGET, TrackingWriter, replay
+from tuner.tracking.buffer import REJECTED_FILE, TrackingWriter, replay
+from tuner.tracking.operations import SEARCH_TARGET
 from tuner.tracking.tags import KIND_TAG, UID_TAG
 
 

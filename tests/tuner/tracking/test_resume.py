@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from tests.tuner.tracking.conftest import (
     SEARCH, drive, free_port, make_tracking, pending_writes, ray_results, real_trials,
 )
-from tuner.tracking.buffer import load_run_state, replay
+from tuner.tracking.buffer import replay
+from tuner.tracking.run_state import load_run_state
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 from tuner.tracking import buffer
-from tuner.tracking.buffer import STATE_FILE, TRIALS_JOURNAL, TrackingWriter, load_run_state
+from tuner.tracking.buffer import TrackingWriter
+from tuner.tracking.run_state import STATE_FILE, TRIALS_JOURNAL, load_run_state
 
 URI = "sqlite:///unused.db"  # the client is never opened here: only the state files are
 

@@ -11,7 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tuner.tracking.batching import coalesced
-from tuner.tracking.buffer import PENDING_FILE, REJECTED_FILE, SEARCH_TARGET, TrackingWriter
+from tuner.tracking.buffer import PENDING_FILE, REJECTED_FILE, TrackingWriter
+from tuner.tracking.operations import SEARCH_TARGET
 from tuner.tracking.sender import Sender
 from tuner.tracking.tags import KIND_TAG, TRIAL_TAG, UID_TAG
 
