@@ -184,22 +184,30 @@ def download_images(
     with _exclusive_lock(out), GuardedFetcher(policy, maxsize=workers) as fetcher:
         cfg = _Config(fetcher, retries, float(backoff_s), max_side, rewrite)
         _remove_stale_parts(out)
-        pending: list[tuple[Item, Path]] = []
-        rejected: list[tuple[Item, str]] = []
-        for item in index.items:
-            problem = _id_problem(item)
-            if problem is not None:
-                rejected.append((item, problem))
-                continue
-            dest = item_path(out, item)
-            if dest.is_file():
-                summary.skipped_existing += 1
-            else:
-                pending.append((item, dest))
-        for label_dir in {dest.parent for _, dest in pending}:
-            label_dir.mkdir(parents=True, exist_ok=True)
+        pending, rejected = _plan(index, out, summary)
         _run_pool(pending, rejected, cfg, workers, summary, progress)
     return summary
+
+
+def _plan(index: CompetitionIndex, out: Path, summary: DownloadSummary
+          ) -> tuple[list[tuple[Item, Path]], list[tuple[Item, str]]]:
+    """What this run downloads (item, destination; label folders created), what it refuses (item,
+    rule broken), and, counted in ``summary``, what an earlier run already saved."""
+    pending: list[tuple[Item, Path]] = []
+    rejected: list[tuple[Item, str]] = []
+    for item in index.items:
+        problem = _id_problem(item)
+        if problem is not None:
+            rejected.append((item, problem))
+            continue
+        dest = item_path(out, item)
+        if dest.is_file():
+            summary.skipped_existing += 1
+        else:
+            pending.append((item, dest))
+    for label_dir in {dest.parent for _, dest in pending}:
+        label_dir.mkdir(parents=True, exist_ok=True)
+    return pending, rejected
 
 
 def _id_problem(item: Item) -> str | None:

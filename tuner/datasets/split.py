@@ -103,6 +103,18 @@ def split_validation(
         manifest = {"params": params, "status": "in_progress", "plan": plan}
         _write_manifest(manifest_path, manifest)
 
+    _carry_out(plan, src, train, val, mode, in_place)
+    manifest["status"] = "complete"
+    _write_manifest(manifest_path, manifest)
+    if train != src:
+        # Same record in the train tree (ImageFolder ignores top-level files).
+        _write_manifest(train / MANIFEST, manifest)
+    return _result(manifest, manifest_path)
+
+
+def _carry_out(plan: dict, src: Path, train: Path, val: Path, mode: Mode, in_place: bool) -> None:
+    """Moves, copies or links each planned file; a file already there (an interrupted run) is
+    left to ``_transfer``. In place, the training images stay where they are."""
     for class_name, sets in sorted(plan.items()):
         for subset, root in (("val", val), ("train", train)):
             if subset == "train" and in_place:
@@ -110,12 +122,6 @@ def split_validation(
             (root / class_name).mkdir(parents=True, exist_ok=True)
             for name in sets[subset]:
                 _transfer(src / class_name / name, root / class_name / name, mode)
-    manifest["status"] = "complete"
-    _write_manifest(manifest_path, manifest)
-    if train != src:
-        # Same record in the train tree (ImageFolder ignores top-level files).
-        _write_manifest(train / MANIFEST, manifest)
-    return _result(manifest, manifest_path)
 
 
 def _check_args(val_fraction: float, seed: int, mode: str) -> None:
