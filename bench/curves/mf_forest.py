@@ -32,11 +32,11 @@ from typing import Any, Optional
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search.near_best import changed, unit_scale
+from tuner.search.near_best import changed, on_range, unit_scale
 from tuner.search.options import Option
 from tuner.search.samplers import SAMPLERS, SamplerEntry, startup_trials
 
@@ -56,12 +56,7 @@ def draw(dist: BaseDistribution, rng: np.random.RandomState) -> Any:
     """A uniform draw (over the log range for a log distribution), on the distribution's step."""
     if isinstance(dist, CategoricalDistribution):
         return dist.choices[rng.randint(len(dist.choices))]
-    value = unit_scale(dist)[1](rng.uniform())
-    if isinstance(dist, IntDistribution) or dist.step is not None:
-        grid = dist.step or 1
-        value = min(max(dist.low + round((value - dist.low) / grid) * grid, dist.low), dist.high)
-        return int(value) if isinstance(dist, IntDistribution) else float(value)
-    return float(min(max(value, dist.low), dist.high))
+    return on_range(unit_scale(dist)[1](rng.uniform()), dist)
 
 
 class MultiFidelityForestSampler(optuna.samplers.BaseSampler):

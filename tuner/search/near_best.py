@@ -136,14 +136,18 @@ def changed(old: Any, dist: BaseDistribution, rng: np.random.RandomState, step: 
         return others[rng.randint(len(others))] if others else old
     if isinstance(dist, (FloatDistribution, IntDistribution)):
         to_unit, from_unit = unit_scale(dist)
-        value = from_unit(_reflect(to_unit(old) + rng.normal(0.0, step)))
-        if isinstance(dist, IntDistribution) or dist.step is not None:
-            grid = dist.step or 1
-            value = dist.low + round((value - dist.low) / grid) * grid
-            value = min(max(value, dist.low), dist.high)
-            return int(value) if isinstance(dist, IntDistribution) else float(value)
-        return float(min(max(value, dist.low), dist.high))
+        return on_range(from_unit(_reflect(to_unit(old) + rng.normal(0.0, step))), dist)
     return old
+
+
+def on_range(value: float, dist) -> Any:
+    """``value`` as the numeric distribution holds it: rounded to its step (an int for an integer
+    one) and inside [low, high]."""
+    if isinstance(dist, IntDistribution) or dist.step is not None:
+        grid = dist.step or 1
+        value = min(max(dist.low + round((value - dist.low) / grid) * grid, dist.low), dist.high)
+        return int(value) if isinstance(dist, IntDistribution) else float(value)
+    return float(min(max(value, dist.low), dist.high))
 
 
 def _next_to(old, dist):
