@@ -52,8 +52,17 @@ def epochs_to_target(curves: list[np.ndarray], target: float, rng: np.random.Gen
     applies ASHA's asynchronous rule at rungs 1, rf, rf^2, ... ``boost`` multiplies the chance of
     drawing a configuration that reaches the target."""
     crossing = crossing_epochs(curves, target)
+    return _one_search(curves, crossing, _draw_weights(crossing, boost), target, rng, rule=rule, slots=slots,
+                       reduction_factor=reduction_factor, max_epochs=max_epochs)
+
+
+def _draw_weights(crossing: list[Optional[int]], boost: float) -> np.ndarray:
     weights = np.array([boost if c else 1.0 for c in crossing])
-    weights /= weights.sum()
+    return weights / weights.sum()
+
+
+def _one_search(curves, crossing, weights, target, rng, *, rule, slots, reduction_factor,
+                max_epochs) -> Optional[int]:
     length = min(len(c) for c in curves)
     rungs = [int(round(reduction_factor ** i)) for i in range(8) if reduction_factor ** i < length]
     recorded: dict[int, list[float]] = {r: [] for r in rungs}
@@ -85,9 +94,12 @@ def epochs_to_target(curves: list[np.ndarray], target: float, rng: np.random.Gen
 
 
 def simulate(curves, target, *, rule, boost, runs, seed, slots, max_epochs: int = 5000) -> list[Optional[int]]:
+    """``runs`` searches (``epochs_to_target``) from one generator seeded ``seed``."""
     rng = np.random.default_rng(seed)
-    return [epochs_to_target(curves, target, rng, rule=rule, boost=boost, slots=slots, max_epochs=max_epochs)
-            for _ in range(runs)]
+    crossing = crossing_epochs(curves, target)  # the same for every run: computed once
+    weights = _draw_weights(crossing, boost)
+    return [_one_search(curves, crossing, weights, target, rng, rule=rule, slots=slots, reduction_factor=3.0,
+                        max_epochs=max_epochs) for _ in range(runs)]
 
 
 def summary(values: list[Optional[int]], within: int) -> dict:
