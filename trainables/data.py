@@ -21,7 +21,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 from torchvision.datasets import ImageFolder
 from trainables.errors import TrialInputError
 from trainables.image_files import IMAGE_EXTENSIONS, is_image_file
@@ -185,7 +185,9 @@ def collate_skipping_bad(batch: Sequence[tuple[Optional[tuple], int]]) -> Batch:
     if not good:
         empty = torch.empty(0, dtype=torch.long)
         return Batch(torch.empty(0), empty, empty.clone(), skipped)
-    images = torch.stack([item[0] for item, _ in good])
+    # torch's default_collate stacks into shared memory when it runs in a loader worker: the batch
+    # then crosses to the trainer without the extra copy a plain torch.stack would cost it.
+    images = default_collate([item[0] for item, _ in good])
     labels = torch.tensor([item[1] for item, _ in good], dtype=torch.long)
     indices = torch.tensor([index for _, index in good], dtype=torch.long)
     return Batch(images, labels, indices, skipped)
