@@ -212,7 +212,9 @@ def trial_rows(device: torch.device, args, work: Path, report: dict) -> None:
                          max_photos=args.max_photos or (None if cuda else 16))
     classes = len([d for d in Path(data["train_dir"]).iterdir() if d.is_dir()])
     probe = probe_batch_size(arch, width, size, classes, device, cap=args.max_batch or (1024 if cuda else 64))
-    report.update(source="cache", data=data, probe=probe, gpu_busy_how=BUSY_HOW, how=ROW_HOW)
+    # The temporary folders are gone when the report is read: it keeps what was in them.
+    kept = {k: v for k, v in data.items() if k not in ("train_dir", "val_dir")}
+    report.update(source="cache", data=kept, probe=probe, gpu_busy_how=BUSY_HOW, how=ROW_HOW)
     batches = sorted({args.batch or (256 if cuda else 32), probe["max_batch_size"]})
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile or ("both" if cuda else "off")]
     workers = args.workers if args.workers is not None else (max(1, (os.cpu_count() or 2) - 2) if cuda else 0)

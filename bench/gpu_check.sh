@@ -14,17 +14,22 @@
 #                                      cache, bf16 autocast + channels_last, eager and torch.compile,
 #                                      batch sizes from tuner diagnose batch-size's probe, engine/plain
 #                                      ratio, GPU busy % (NVML), allocator peaks
+#   engine_r50                         the same for resnet50 at the default batch (eager): its goal
+#                                      is its own (>= 3,000 img/s at 224 px on an H100)
 #   packing  bench/gpu_packing.py      N = 1, 2, 4 trial processes on the GPU: aggregate and per-trial
 #                                      img/s, memory per process
+#   loader   bench/loader_ceiling.py   the trial's data path with no model: ms per image in one
+#                                      worker per preset, and the loader's img/s at 4, 8, cores-2
+#                                      workers: what the GPU would wait for
 # then bench/gpu_check_report.py writes the card (name, capability, memory), torch / torchvision /
 # CUDA versions and every stage's result into ONE JSON; each stage's log is kept beside it
-# (<out>_<stage>.log). Caps on CUDA: 80 + 210 + 140 s, the report ~15 s: under
-# 8 minutes of wall time with Python and CUDA start-up and torch.compile, inside run's timeout_s 540.
+# (<out>_<stage>.log). Caps on CUDA: 65 + 160 + 80 + 125 + 50 = 480 s, the report ~2 s; on an
+# H200 the stages took about 50 + 115 + 65 + 120 + 40 s (run's timeout_s 540 leaves room).
 #
 # What the GPU machine needs: python3 with torch, torchvision, numpy, Pillow, pyarrow, filelock,
 # tqdm, PyYAML and rich, and nvidia-ml-py for the busy %; ray, mlflow and optuna are not imported on
 # these paths. The photos travel with the repository (bench/photos/hymenoptera.parquet).
-#   on the GPU machine:  bash bench/gpu_check.sh --out DIR/gpu_check.json    (~8 minutes)
+#   on the GPU machine:  bash bench/gpu_check.sh --out DIR/gpu_check.json    (~7 minutes on an H200)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,13 +56,17 @@ if [ "$PHOTOS" != none ] && [ -d "$PHOTOS" ]; then PHOTO_ARGS=(--photos "$PHOTOS
 if [ "$DEVICE" = cpu ]; then  # tiny: the same code paths, sized for a 2-core test machine
   DECODE_ARGS=(--device cpu --images 12 --cache-images 24 --cache-size 64 --workers 2 --rounds 2)
   ENGINE_ARGS=(--device cpu --source cache --repeats 2)
+  R50_ARGS=(--device cpu --source cache --repeats 1 --arch resnet50 --max-batch 32)
   PACKING_ARGS=(--device cpu)
-  CAPS=(150 150 200)  # safety nets only: ~15, 15 and 20 s on an idle 2-core machine
+  LOADER_ARGS=(--device cpu --workers 0 --images 128 --samples 20)
+  CAPS=(150 150 150 200 100)  # safety nets only: ~15, 15, 10, 20 and 5 s on an idle 2-core machine
 else
   DECODE_ARGS=(--device "$DEVICE")
   ENGINE_ARGS=(--device "$DEVICE" --source cache --repeats 3 --images 8192 --compile both)
-  PACKING_ARGS=(--device "$DEVICE")
-  CAPS=(80 210 140)
+  R50_ARGS=(--device "$DEVICE" --source cache --repeats 2 --images 8192 --arch resnet50 --max-batch 256 --compile off)
+  PACKING_ARGS=(--device "$DEVICE" --seconds 5)
+  LOADER_ARGS=(--device "$DEVICE")
+  CAPS=(65 160 80 125 50)
 fi
 
 # stage NAME CAP COMMAND...: runs COMMAND under CAP seconds; leaves NAME.status/.log in $WORK.
@@ -79,8 +88,17 @@ stage decode "${CAPS[0]}" "$PY" bench/gpu_decode.py "${DECODE_ARGS[@]}" ${PHOTO_
   --out "$WORK/decode.json"
 stage engine "${CAPS[1]}" "$PY" bench/engine_throughput.py "${ENGINE_ARGS[@]}" ${PHOTO_ARGS[@]+"${PHOTO_ARGS[@]}"} \
   --out "$WORK/engine.json"
-stage packing "${CAPS[2]}" "$PY" bench/gpu_packing.py "${PACKING_ARGS[@]}" --out "$WORK/packing.json"
+stage engine_r50 "${CAPS[2]}" "$PY" bench/engine_throughput.py "${R50_ARGS[@]}" ${PHOTO_ARGS[@]+"${PHOTO_ARGS[@]}"} \
+  --out "$WORK/engine_r50.json"
+stage packing "${CAPS[3]}" "$PY" bench/gpu_packing.py "${PACKING_ARGS[@]}" --out "$WORK/packing.json"
+stage loader "${CAPS[4]}" "$PY" bench/loader_ceiling.py "${LOADER_ARGS[@]}" ${PHOTO_ARGS[@]+"${PHOTO_ARGS[@]}"} \
+  --out "$WORK/loader.json"
 
 timeout -k 5 60 "$PY" bench/gpu_check_report.py --device "$DEVICE" --work "$WORK" --out "$OUT_FILE" \
   --started "$STARTED" --command "bash bench/gpu_check.sh --device $DEVICE --photos $PHOTOS"
-for name in decode engine packing; do cp "$WORK/$name.log" "${OUT_FILE%.json}_$name.log" 2>/dev/null; done
+REPORTED=$?
+# The logs name the temporary folder as $WORK: a saved result carries no path of the machine it ran on.
+for name in decode engine engine_r50 packing loader; do
+  [ -f "$WORK/$name.log" ] && sed "s#$WORK#\$WORK#g" "$WORK/$name.log" >"${OUT_FILE%.json}_$name.log"
+done
+exit $REPORTED

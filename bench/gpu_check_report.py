@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-STAGES = ("decode", "engine", "packing")
+STAGES = ("decode", "engine", "engine_r50", "packing", "loader")
 TIMED_OUT = (124, 137)  # timeout(1)'s exit codes: the cap ran out (137: killed after the grace)
 LOG_TAIL = 3000  # characters of a failed stage's log kept in the JSON
 
@@ -72,7 +72,8 @@ def stage(work: Path, name: str) -> dict:
     if not status_file.is_file():
         return {"status": "not run"}
     rc, seconds, cap, command = status_file.read_text().split("\n", 3)
-    entry = {"rc": int(rc), "seconds": float(seconds), "cap_seconds": int(cap), "command": command.strip()}
+    entry = {"rc": int(rc), "seconds": float(seconds), "cap_seconds": int(cap),
+             "command": command.strip().replace(str(work), "$WORK")}  # no path of this machine
     result_file = work / f"{name}.json"
     result = json.loads(result_file.read_text()) if result_file.is_file() else None
     if entry["rc"] == 0 and result is not None:
@@ -93,15 +94,19 @@ def summary(stages: dict) -> dict:
         out["decode_speedups"] = decode["speedups"]
         out["cache_equal"] = {k: decode[k] for k in ("cache_equal", "cache_equal_small") if k in decode}
     engine = stages["engine"].get("result") or {}
-    keys = ("batch_size", "compile", "error", "engine_images_per_s", "plain_images_per_s", "ratio",
-            "gpu_busy_pct")
-    out["engine_rows"] = [{k: row.get(k) for k in keys} for row in engine.get("rows", [])]
+    keys = ("arch", "batch_size", "compile", "error", "engine_images_per_s", "plain_images_per_s",
+            "ratio", "gpu_busy_pct")
+    out["engine_rows"] = [{k: row.get(k) for k in keys} for row in [
+        *engine.get("rows", []), *(stages["engine_r50"].get("result") or {}).get("rows", [])]]
     probe = engine.get("probe") or {}
     # What `tuner search` checks a fractional resources.gpu against: the card and the CUDA context.
     out["probe_memory"] = {k: probe.get(k) for k in ("arch", "max_batch_size", "bytes_at_max",
                                                      "device_total_bytes", "context_bytes")}
     packing = stages["packing"].get("result") or {}
     out["packing_aggregate_vs_one_process"] = packing.get("scaling_vs_one_process")
+    loader = stages["loader"].get("result") or {}
+    # The data path's own ceiling (no model): when a trial's GPU waits, is it the loader?
+    out["loader_ceiling"] = {"per_image_ms": loader.get("per_image_ms"), "rows": loader.get("rows")}
     return out
 
 
@@ -120,8 +125,8 @@ def main(argv=None) -> int:
               "card": card(args.device), "software": software(),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "how": "every number comes from the stage that measured it; see each result's 'how' fields "
-                     "and the docstrings of bench/gpu_decode.py, bench/engine_throughput.py (+ engine_trial.py) "
-                     "and bench/gpu_packing.py",
+                     "and the docstrings of bench/gpu_decode.py, bench/engine_throughput.py (+ engine_trial.py), "
+                     "bench/gpu_packing.py and bench/loader_ceiling.py",
               "stages": stages, "summary": summary(stages)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -20,14 +20,17 @@ def test_the_cpu_run_writes_one_json_with_numbers_from_every_stage(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
+    # Saved results name no folder of the machine they ran on (the stages' work folder is in TMPDIR).
+    for saved in [out, *out.parent.glob("*.log")]:
+        assert str(tmp_path) not in saved.read_text(), saved.name
     assert sorted(p.name for p in out.parent.glob("*.log")) == [
-        f"gpu_check_{stage}.log" for stage in ("decode", "engine", "packing")]
+        f"gpu_check_{stage}.log" for stage in ("decode", "engine", "engine_r50", "loader", "packing")]
     assert {"card", "software", "machine", "stages", "summary", "how", "total_seconds"} <= set(report)
     assert report["card"]["name"] is None and "no GPU" in report["card"]["why"]
     assert {"torch", "torchvision", "cuda", "python"} <= set(report["software"])
     stages = report["stages"]
     assert {name: s["status"] for name, s in stages.items()} == dict.fromkeys(
-        ("decode", "engine", "packing"), "ok"), {n: s.get("log_tail") for n, s in stages.items()}
+        ("decode", "engine", "engine_r50", "packing", "loader"), "ok"), {n: s.get("log_tail") for n, s in stages.items()}
     assert all(0 < s["seconds"] <= s["cap_seconds"] for s in stages.values())
 
     decode = stages["decode"]["result"]
@@ -52,3 +55,14 @@ def test_the_cpu_run_writes_one_json_with_numbers_from_every_stage(tmp_path):
     for entry in packing["entries"]:
         assert entry["aggregate_images_per_s"] > 0 and len(entry["per_process"]) == entry["processes"]
     assert report["summary"]["packing_aggregate_vs_one_process"]
+
+    r50 = stages["engine_r50"]["result"]
+    assert r50["rows"] and {row["arch"] for row in r50["rows"]} == {"resnet50"}
+    assert {row["arch"] for row in report["summary"]["engine_rows"]} == {"resnet18", "resnet50"}
+
+    loader = stages["loader"]["result"]
+    assert set(loader["per_image_ms"]) == {"none", "light", "rrc", "journal"}
+    assert all(ms > 0 for ms in loader["per_image_ms"].values())
+    assert [row["workers"] for row in loader["rows"]] == [0]
+    assert all(row["loader"] > 0 and row["to_device"] > 0 for row in loader["rows"])
+    assert report["summary"]["loader_ceiling"]["rows"] == loader["rows"]

@@ -1,0 +1,127 @@
+"""Benchmark: how many images/s a trial's data path can deliver with no model, and what one costs.
+
+    python bench/loader_ceiling.py --device cuda          # on the GPU machine (gpu_check.sh runs it)
+    .venv/bin/python bench/loader_ceiling.py --device cpu --workers 0,2 --images 512 --batch 32
+
+engine_throughput.py --source cache measures a trial (loader + model) against a plain loop; when
+the GPU sits idle half the epoch, this says which part of the data path sets the pace. On the same
+cached real photos and the same trial configuration (engine_trial.py), without any model:
+
+* ``per_image_ms``: one sample as a loader worker makes it (seeding, the memory-mapped read, the
+  preset's crop/resize/flip on uint8), in this process with torch at 1 thread (a worker's setting),
+  per augmentation preset: the cost every worker pays per image;
+* ``loader``: images/s out of the trial's own train loader (``TrialState.train_loader``: its workers,
+  pinned memory, the skip-counting collate) for each worker count, nothing else done per batch;
+* ``to_device``: the same, each batch also copied to the device (non_blocking) and finished there
+  (``BatchFinish``: float conversion + normalisation), synchronised at the end: what a trial's
+  training loop receives ready for the model.
+
+Each rate is images / wall seconds of a pass after one untimed warm-up pass. JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.engine_trial import cached_photos, trial_config  # noqa: E402
+from trainables.trial_state import TrialState  # noqa: E402
+
+PRESETS = ("none", "light", "rrc", "journal")
+
+
+def per_image_ms(state: TrialState, samples: int) -> float:
+    """Milliseconds per training sample made in this process, as a worker makes it (1 thread)."""
+    data = state.train_loader.dataset  # SeededItems: [(index, seed)] seeds, reads and augments
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data[(0, 1)]  # the memory map opens on the first read
+        start = time.perf_counter()
+        for i in range(samples):
+            data[(i % len(data), 1000 + i)]
+        return round((time.perf_counter() - start) / samples * 1000, 3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def loader_rate(state: TrialState, device: torch.device, *, to_device: bool) -> float:
+    """Images/s of one pass over the trial's train loader (after a warm-up pass)."""
+    rates = []
+    for epoch in (1, 2):
+        state.train_loader.sampler.set_epoch(epoch)
+        state.finish_train.set_epoch(epoch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seen, start = 0, time.perf_counter()
+        for step, batch in enumerate(state.train_loader):
+            if to_device:
+                images = batch.images.to(device, non_blocking=True)
+                state.finish_train(images, step)
+            seen += batch.labels.numel()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(seen / (time.perf_counter() - start))
+    return round(rates[-1], 1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--photos", type=Path, help="folder of photos (default: the repository's real ones)")
+    parser.add_argument("--images", type=int, help="images per pass (cuda 10240, cpu 512)")
+    parser.add_argument("--batch", type=int, help="batch size (cuda 256, cpu 32)")
+    parser.add_argument("--workers", help="worker counts, comma-separated (cuda 4,8,cores-2; cpu 0,2)")
+    parser.add_argument("--image-size", type=int, help="trial image size (cuda 224, cpu 64)")
+    parser.add_argument("--samples", type=int, default=200, help="samples timed per preset in-process")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loader_ceiling.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    cores = os.cpu_count() or 2
+    images, batch = args.images or (10240 if cuda else 512), args.batch or (256 if cuda else 32)
+    size = args.image_size or (224 if cuda else 64)
+    workers = [int(w) for w in (args.workers or (f"4,8,{max(1, cores - 2)}" if cuda else "0,2")).split(",")]
+    report = {"benchmark": "loader_ceiling", "device": args.device, "cores": cores, "torch": torch.__version__,
+              "images_per_pass": images, "batch_size": batch, "image_size": size, "how": __doc__,
+              "per_image_ms": {}, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="loader-ceiling-") as tmp:
+        data = cached_photos(args.photos, Path(tmp), images=images, device=device,
+                             cache_size=256 if cuda else 72, max_photos=None if cuda else 16)
+        report["cache"] = data["cache"]
+        base = trial_config(data, arch="resnet18", width=0.125, image_size=size, batch=batch, workers=0,
+                            compile=False, steps=images // batch, device=device)
+        for preset in PRESETS:
+            state = TrialState(dataclasses.replace(base, augmentation=preset, aug={}))
+            report["per_image_ms"][preset] = per_image_ms(state, args.samples)
+            print(f"per image, 1 thread: {preset:8s} {report['per_image_ms'][preset]:.3f} ms", flush=True)
+        for count in workers:
+            state = TrialState(dataclasses.replace(base, num_workers=count))
+            row = {"augmentation": "rrc", "workers": count,
+                   "loader": loader_rate(state, device, to_device=False),
+                   "to_device": loader_rate(state, device, to_device=True)}
+            report["rows"].append(row)
+            print(f"rrc, {count:2d} workers: loader {row['loader']:9.1f} img/s   to device + finish "
+                  f"{row['to_device']:9.1f} img/s", flush=True)
+            del state
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1))
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
