@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from trainables.registry import Registry
@@ -72,12 +73,59 @@ def _none(image_size: int) -> list:
     return [_squash(image_size)]
 
 
+class CropThenPad(v2.RandomCrop):
+    """``v2.RandomCrop`` with padding: the same draws and the same pixels, cropped before it pads.
+
+    RandomCrop pads the whole image, then crops: at 224 px with 12.5 % reflect padding it builds a
+    280 x 280 image (in float: torchvision pads uint8 by reflection after a conversion) to keep a
+    224 x 224 window. Here the window's part inside the image is cut out first and only its missing
+    rows and columns are added, mirrored from the uint8 pixels. Where a window reaches past an edge,
+    its inside part touches that edge, so mirroring it gives what padding the whole image gives.
+    Constant padding, PIL images, and padding wider than the part inside take RandomCrop's own way.
+    """
+
+    def transform(self, inpt, params: dict):
+        if (not params["needs_pad"] or self.padding_mode not in _MIRROR_SKIPS
+                or not isinstance(inpt, torch.Tensor) or inpt.ndim < 3):
+            return super().transform(inpt, params)
+        height, width = inpt.shape[-2:]
+        pad_left, pad_top, _, _ = params["padding"]
+        top, left = params["top"] - pad_top, params["left"] - pad_left  # the window, image coordinates
+        bottom, right = top + params["height"], left + params["width"]
+        inside = inpt.as_subclass(torch.Tensor)[..., max(0, top):min(height, bottom),
+                                                max(0, left):min(width, right)]
+        missing = {-2: (max(0, -top), max(0, bottom - height)), -1: (max(0, -left), max(0, right - width))}
+        skip = _MIRROR_SKIPS[self.padding_mode]
+        if any(max(amounts) > inside.shape[dim] - skip for dim, amounts in missing.items()):
+            return super().transform(inpt, params)
+        window = inside
+        for dim, (before, after) in missing.items():
+            window = _mirror(window, before, after, dim, self.padding_mode)
+        return tv_tensors.wrap(window, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else window
+
+
+# Edge pixels a mirrored pad leaves out: reflect maps -1 to 1, symmetric maps -1 to 0.
+_MIRROR_SKIPS = {"reflect": 1, "symmetric": 0}
+
+
+def _mirror(piece: torch.Tensor, before: int, after: int, dim: int, mode: str) -> torch.Tensor:
+    """``piece`` with ``before`` / ``after`` pixels added along ``dim`` as ``F.pad``'s ``mode`` does."""
+    if not before and not after:
+        return piece
+    size, skip = piece.shape[dim], _MIRROR_SKIPS[mode]
+    parts = [piece.narrow(dim, skip, before).flip(dim)] if before else []
+    parts.append(piece)
+    if after:
+        parts.append(piece.narrow(dim, size - skip - after, after).flip(dim))
+    return torch.cat(parts, dim)
+
+
 def _light(image_size: int, *, pad_fraction: float) -> list:
     # The CIFAR recipe: random crop after reflect-padding by pad_fraction of the side, + h-flip.
     pad = int(round(image_size * pad_fraction))
     return [
         _squash(image_size),
-        v2.RandomCrop(image_size, padding=pad, padding_mode="reflect"),
+        CropThenPad(image_size, padding=pad, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),
     ]
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
-from trainables.transforms import AUGMENTATIONS, build_eval_transform, build_train_transform
+from trainables.transforms import AUGMENTATIONS, CropThenPad, build_eval_transform, build_train_transform
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -95,3 +97,26 @@ def test_erasing_blanks_a_box_to_the_mean_in_every_preset():
         kept = build_train_transform(preset, 32, MEAN, STD, {"erasing": 0.0})(_photo())
         blank = (erased == 0).all(dim=0)
         assert blank.sum() >= 4 and not torch.equal(erased, kept), preset
+
+
+@pytest.mark.parametrize("size,height,width,pad,mode", [
+    (224, 224, 224, 28, "reflect"),  # light at 224 px: every window within one reflection
+    (32, 32, 37, 4, "reflect"),
+    (32, 32, 32, 16, "symmetric"),
+    (32, 32, 32, 31, "reflect"),  # windows mostly outside: RandomCrop's own way
+    (30, 40, 40, 9, "constant"),
+    (32, 32, 32, 15, "edge"),
+])
+def test_crop_then_pad_gives_random_crops_pixels_for_the_same_seed(size, height, width, pad, mode):
+    generator = torch.Generator().manual_seed(size + pad)
+    pixels = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+    reference = v2.RandomCrop(size, padding=pad, padding_mode=mode)
+    ours = CropThenPad(size, padding=pad, padding_mode=mode)
+    for image in (tv_tensors.Image(pixels), pixels.float() / 255):
+        for seed in range(60):
+            torch.manual_seed(seed)
+            expected = reference(image)
+            torch.manual_seed(seed)
+            got = ours(image)
+            assert type(got) is type(expected) and got.dtype == expected.dtype
+            assert torch.equal(got, expected), (seed, mode)
