@@ -39,17 +39,20 @@ class BatchFinish:
     def __call__(self, images: torch.Tensor, step: int = 0) -> torch.Tensor:
         if images.is_floating_point():
             return images
-        mean, std = self._on(images.device)
-        # to(float) keeps channels_last; the same arithmetic as ToDtype(scale=True) + Normalize.
-        finished = images.to(torch.float32).mul_(1.0 / 255.0).sub_(mean).div_(std)
+        scale, shift = self._on(images.device)
+        # (x / 255 - mean) / std as x * scale + shift: two passes over the batch instead of four,
+        # within 1e-6 of ToDtype(scale=True) + Normalize; to(float) keeps channels_last.
+        finished = images.to(torch.float32).mul_(scale).add_(shift)
         if self.erasing > 0:
             finished.masked_fill_(self.erase_mask(finished.shape, step, finished.device)[:, None], 0.0)
         return finished
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) per channel on ``device``: 1 / (255 std) and -mean / std."""
         if device not in self._constants:
-            self._constants[device] = tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-                                            for v in (self.mean, self.std))
+            mean, std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in (self.mean, self.std))
+            self._constants[device] = tuple(t.to(device=device, dtype=torch.float32)
+                                            for t in (1.0 / (255.0 * std), -mean / std))
         return self._constants[device]
 
     def erase_mask(self, shape: Sequence[int], step: int,
