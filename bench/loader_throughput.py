@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.batch_finish import BatchFinish  # noqa: E402
 from trainables.cache import CachedImageDataset  # noqa: E402
 from trainables.data import build_splits, make_loader  # noqa: E402
-from trainables.transforms import build_eval_pixels, build_train_pixels, build_train_transform  # noqa: E402
+from trainables.transforms import (build_batch_tail, build_eval_pixels, build_train_pixels,  # noqa: E402
+                                   build_train_transform)
 from tuner.datasets.cache import build_cache  # noqa: E402
 
 GOAL = 5.0
@@ -160,7 +161,7 @@ def trial_row(train: Path, preset: str, *, batch_size: int, workers: int,
     assert splits.caches.get("train"), "the trial row must read the cache"
     loader = make_loader(splits.train, batch_size=batch_size, shuffle=True, num_workers=workers,
                          seed=0, pin_memory=False)
-    finish = BatchFinish(MEAN, STD)
+    finish = BatchFinish(MEAN, STD, tail=build_batch_tail(preset))  # the preset's batch ops, as a trial
     return Row(loader, lambda batch, step: len(finish(batch.images, step)))
 
 

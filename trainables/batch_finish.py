@@ -1,14 +1,16 @@
 """The last step of the data path, on the device: uint8 batches -> normalised float, + random erasing.
 
-The loader's workers hand over uint8 batches (crops, flips, colour ops run per sample on uint8 there):
-a quarter of float32's bytes through the workers' IPC and the host-to-device copy, and no per-sample
-float conversion on the CPU. Here, on the device the model runs on, a whole batch is converted and
-normalised at once, then erased (torchvision's RandomErasing, value 0 = the dataset's mean colour
-after normalising, the same parameters: area 2-33 %, aspect 0.3-3.3, 10 tries to fit, per sample).
+The loader's workers hand over uint8 batches (crops, flips, policy ops run per sample on uint8
+there): a quarter of float32's bytes through the workers' IPC and the host-to-device copy, and no
+per-sample float conversion on the CPU. Here, on the device the model runs on, a whole batch is
+converted, put through the preset's batch ops (``journal``'s rotation, colour jitter and grayscale:
+batch_tail.py), normalised, then erased (torchvision's RandomErasing, value 0 = the dataset's mean
+colour after normalising, the same parameters: area 2-33 %, aspect 0.3-3.3, 10 tries to fit, per
+sample).
 
-Erasing's draws come from a CPU generator seeded from (seed, epoch, step), then move to the device:
-a batch is erased the same way on CPU and GPU, resumed or not, whatever the number of workers, and
-the global generators are left alone.
+The batch ops' and erasing's draws come from CPU generators seeded from (seed, epoch, step), one
+stream each, then move to the device: a batch is treated the same way on CPU and GPU, resumed or
+not, whatever the number of workers, and the global generators are left alone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from trainables.batch_tail import BatchTail
+
 ERASE_SCALE = (0.02, 0.33)  # torchvision's RandomErasing defaults
 ERASE_RATIO = (0.3, 3.3)
 ERASE_TRIES = 10
+TAIL_STREAM = 1  # the preset's batch ops draw from their own stream: erasing's draws stay as they were
 
 
 class BatchFinish:
@@ -28,9 +33,10 @@ class BatchFinish:
     probability ``erasing`` per sample. A float batch passes through: it is finished already."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, erasing: float = 0.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, tail: Optional[BatchTail] = None) -> None:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.erasing, self.seed, self.epoch = float(erasing), int(seed), 0
+        self.tail = tail if tail is not None and tail.active else None
         self._constants: dict = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -42,7 +48,11 @@ class BatchFinish:
         scale, shift = self._on(images.device)
         # (x / 255 - mean) / std as x * scale + shift: two passes over the batch instead of four,
         # within 1e-6 of ToDtype(scale=True) + Normalize; to(float) keeps channels_last.
-        finished = images.to(torch.float32).mul_(scale).add_(shift)
+        finished = images.to(torch.float32)
+        if self.tail is not None:  # the preset's batch ops work on 0..1, before normalising
+            finished = self.tail(finished.mul_(1.0 / 255.0), self._generator(step, TAIL_STREAM))
+            scale = scale * 255.0
+        finished = finished.mul_(scale).add_(shift)
         if self.erasing > 0:
             finished.masked_fill_(self.erase_mask(finished.shape, step, finished.device)[:, None], 0.0)
         return finished
@@ -68,8 +78,17 @@ class BatchFinish:
         in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
         return in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
 
+    def tail_draws(self, batch: int, step: int) -> dict:
+        """The batch ops' random numbers for batch ``step`` of this epoch ({} without batch ops)."""
+        return self.tail.draw(batch, self._generator(step, TAIL_STREAM)) if self.tail is not None else {}
+
+    def _generator(self, step: int, stream: int = 0) -> torch.Generator:
+        """A CPU generator of batch ``step`` of this epoch: one stream for erasing, one for the tail."""
+        key = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + step
+        return torch.Generator().manual_seed((key + stream * 0x9E3779B97F4A7C15) % 2**64)
+
     def _boxes(self, batch: int, height: int, width: int, step: int):
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step)
+        generator = self._generator(step)
         apply = torch.rand(batch, generator=generator) < self.erasing
         area = height * width * _uniform((batch, ERASE_TRIES), ERASE_SCALE, generator)
         log_ratio = _uniform((batch, ERASE_TRIES), (math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])),

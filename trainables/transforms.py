@@ -11,21 +11,25 @@ tensor) and ``aug.eval_crop`` apply to every preset.
 
 Every preset works on the decoded-image cache's uint8 tensors exactly as on PIL images: the pipeline
 starts with ``ToImage`` (PIL -> uint8 tensor, a cached tensor passes through), so the same ops run on
-the same uint8 pixels either way.
+the same uint8 pixels either way. A preset's ops that come after its crops and flips and cost more
+per sample than they would per batch (``journal``'s rotation, colour jitter and grayscale) are its
+``tail``: ``BatchFinish`` runs them on the whole batch, on the device (batch_tail.py).
 
-All randomness comes from torch's global generator, which the data loader seeds per sample from
-(seed, epoch, index): an image's augmentation does not depend on workers or on resuming.
+The per-sample ops draw from torch's global generator, which the data loader seeds per sample from
+(seed, epoch, index); the tail draws from BatchFinish's generator of (seed, epoch, step): an image's
+augmentation does not depend on workers, on resuming, or on the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from trainables.batch_tail import BatchTail
 from trainables.registry import Registry
 
 EVAL_CROP = "eval_crop"  # every preset takes it: fraction of the resized side kept by the centre crop
@@ -40,6 +44,8 @@ _WHOLE = {"num_ops", "magnitude"}  # RandAugment's op count and magnitude bin
 class AugmentationPreset:
     build: Callable[..., list]  # (image_size, **params) -> list of train-time v2 transforms
     defaults: dict
+    # (**params) -> the ops that run on the whole batch after the per-sample ones (batch_tail.py)
+    tail: Optional[Callable[..., BatchTail]] = None
 
     def check_params(self, params: dict) -> None:
         valid = set(self.defaults) | set(COMMON)
@@ -130,18 +136,16 @@ def _light(image_size: int, *, pad_fraction: float) -> list:
     ]
 
 
-def _journal(
-    image_size: int, *, rotation: float, min_scale: float, jitter: float, grayscale: float
-) -> list:
-    # The journal's recipe: flip, rotation (degrees), zoom (crop area >= min_scale of the image),
-    # colour jitter (brightness/contrast/saturation +- jitter) and grayscale with probability p.
-    return [
-        v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomRotation(rotation),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-        v2.RandomGrayscale(p=grayscale),
-    ]
+def _journal(image_size: int, *, min_scale: float, **batch_params) -> list:
+    # The journal's recipe: zoom (crop area >= min_scale of the image) and flip per sample; then
+    # rotation (degrees), colour jitter (brightness/contrast/saturation +- jitter) and grayscale
+    # with probability p, which run on the whole batch (_journal_tail, batch_tail.py).
+    return [v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
+            v2.RandomHorizontalFlip()]
+
+
+def _journal_tail(*, rotation: float, jitter: float, grayscale: float, **sample_params) -> BatchTail:
+    return BatchTail(rotation=float(rotation), jitter=float(jitter), grayscale=float(grayscale))
 
 
 def _rrc(image_size: int, *, min_scale: float) -> list:
@@ -174,7 +178,7 @@ AUGMENTATIONS.register("none")(AugmentationPreset(_none, {}))
 AUGMENTATIONS.register("light")(AugmentationPreset(_light, {"pad_fraction": 0.125}))
 AUGMENTATIONS.register("journal")(
     AugmentationPreset(
-        _journal, {"rotation": 10.0, "min_scale": 0.5, "jitter": 0.2, "grayscale": 0.1}
+        _journal, {"rotation": 10.0, "min_scale": 0.5, "jitter": 0.2, "grayscale": 0.1}, tail=_journal_tail
     )
 )
 
@@ -195,14 +199,37 @@ def erasing_probability(params: dict | None) -> float:
     return float((params or {}).get(ERASING, COMMON[ERASING]))
 
 
+def _chosen(entry: AugmentationPreset, params: dict | None) -> dict:
+    return {**entry.defaults, **{k: v for k, v in (params or {}).items() if k not in COMMON}}
+
+
 def build_train_pixels(preset: str, image_size: int, params: dict | None = None):
     """What a trial's loader workers run per sample: PIL image or uint8 tensor -> uint8 tensor
-    [3, image_size, image_size], the preset's crops, flips and colour ops. Conversion, normalisation
-    and erasing are left to ``BatchFinish``, once per batch on the device (batch_finish.py)."""
+    [3, image_size, image_size], the preset's crops, flips and colour ops. The preset's batch ops
+    (``build_batch_tail``), conversion, normalisation and erasing are left to ``BatchFinish``, once
+    per batch on the device (batch_finish.py)."""
     entry = AUGMENTATIONS.get(preset)
-    params = params or {}
-    chosen = {**entry.defaults, **{k: v for k, v in params.items() if k not in COMMON}}
-    return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen)])
+    return v2.Compose([v2.ToImage(), *entry.build(image_size, **_chosen(entry, params))])
+
+
+def build_batch_tail(preset: str, params: dict | None = None) -> Optional[BatchTail]:
+    """The preset's ops that ``BatchFinish`` runs on the whole batch; None if it has none."""
+    entry = AUGMENTATIONS.get(preset)
+    tail = entry.tail(**_chosen(entry, params)) if entry.tail is not None else None
+    return tail if tail is not None and tail.active else None
+
+
+class _SampleTail(torch.nn.Module):
+    """A batch tail on one float image, its draws seeded from torch's global generator (which the
+    loader seeds per sample): previews and one-off pipelines get the ops a trial's batches get."""
+
+    def __init__(self, tail: BatchTail) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        return self.tail(image.unsqueeze(0), generator)[0]
 
 
 def build_eval_pixels(image_size: int, eval_crop: float = 1.0):
@@ -216,8 +243,11 @@ def build_train_transform(preset: str, image_size: int, mean, std, params: dict 
     (previews, one-off use; a trial's loader runs build_train_pixels and finishes batches instead)."""
     # value=0 after Normalize: the erased box takes the dataset's mean colour.
     erasing = erasing_probability(params)
-    tail = [v2.RandomErasing(p=erasing, value=0)] if erasing > 0 else []
-    return v2.Compose([build_train_pixels(preset, image_size, params), *_finish(mean, std), *tail])
+    erase = [v2.RandomErasing(p=erasing, value=0)] if erasing > 0 else []
+    batch_tail = build_batch_tail(preset, params)
+    convert, normalise = _finish(mean, std)
+    return v2.Compose([build_train_pixels(preset, image_size, params), convert,
+                       *([_SampleTail(batch_tail)] if batch_tail is not None else []), normalise, *erase])
 
 
 def build_eval_transform(image_size: int, mean, std, eval_crop: float = 1.0):

@@ -32,7 +32,8 @@ from trainables.models import (build_model, default_weights_normalisation, freez
                                frozen_modules, set_backbone_trainable, split_head_and_backbone)
 from trainables.optim import build_optimizer, build_schedule
 from trainables.batch_finish import BatchFinish
-from trainables.transforms import EVAL_CROP, build_eval_pixels, build_train_pixels, erasing_probability
+from trainables.transforms import (EVAL_CROP, build_batch_tail, build_eval_pixels, build_train_pixels,
+                                   erasing_probability)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class TrialState:
         self.normalisation = normalisation or resolve_normalisation(config)
         mean, std = self.normalisation["mean"], self.normalisation["std"]
         # The loaders hand over uint8; conversion, normalisation and erasing run per batch on the device.
-        self.finish_train = BatchFinish(mean, std, erasing=erasing_probability(config.aug), seed=config.seed)
+        self.finish_train = BatchFinish(mean, std, erasing=erasing_probability(config.aug), seed=config.seed,
+                                        tail=build_batch_tail(config.augmentation, config.aug))
         self.finish_eval = BatchFinish(mean, std)
         return build_splits(
             config.train_dir, config.val_dir,
