@@ -54,6 +54,9 @@ PHOTO_ARGS=()
 if [ "$PHOTOS" != none ] && [ -d "$PHOTOS" ]; then PHOTO_ARGS=(--photos "$PHOTOS"); fi
 
 if [ "$DEVICE" = cpu ]; then  # tiny: the same code paths, sized for a 2-core test machine
+  # One torch thread per process: on a loaded machine (a test suite beside it) torch's spinning
+  # intra-op threads slowed the engine stage fifty-fold, past its cap.
+  export OMP_NUM_THREADS=1
   DECODE_ARGS=(--device cpu --images 12 --cache-images 24 --cache-size 64 --workers 2 --rounds 2)
   ENGINE_ARGS=(--device cpu --source cache --repeats 2)
   R50_ARGS=(--device cpu --source cache --repeats 1 --arch resnet50 --max-batch 32)
