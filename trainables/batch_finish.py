@@ -84,7 +84,7 @@ class BatchFinish:
 
     def _generator(self, step: int, stream: int = 0) -> torch.Generator:
         """A CPU generator of batch ``step`` of this epoch: one stream for erasing, one for the tail."""
-        key = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + step
+        key = batch_seed(self.seed, self.epoch, step)
         return torch.Generator().manual_seed((key + stream * 0x9E3779B97F4A7C15) % 2**64)
 
     def _boxes(self, batch: int, height: int, width: int, step: int):
@@ -103,6 +103,12 @@ class BatchFinish:
         top = (torch.rand(batch, generator=generator) * (height - box_h + 1)).long()
         left = (torch.rand(batch, generator=generator) * (width - box_w + 1)).long()
         return top, left, box_h, box_w, apply
+
+
+def batch_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of batch ``step`` of ``epoch``: what every per-batch draw (erasing, the preset's batch
+    ops, MixUp/CutMix) derives from, so that none depends on the device, the workers or a resume."""
+    return (seed * 1_000_003 + epoch) * 1_000_003 + step
 
 
 def _uniform(shape: tuple, bounds: tuple[float, float], generator: torch.Generator) -> torch.Tensor:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from trainables.batch_finish import batch_seed
+
 
 class BatchMixer:
     def __init__(self, *, num_classes: int, mixup_alpha: float, cutmix_alpha: float, mix_prob: float,
@@ -36,7 +38,7 @@ class BatchMixer:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int):
         """(images, labels [B]) -> (mixed images, target probabilities [B, classes])."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step)
+            torch.manual_seed(batch_seed(self.seed, self.epoch, step))
             if float(torch.rand(())) >= self.mix_prob:
                 return images, F.one_hot(labels, self.num_classes).to(images.dtype)
             mixer = self.mixers[int(torch.randint(len(self.mixers), ()))]
