@@ -3,8 +3,8 @@
 The loader's workers hand over uint8 batches (crops, flips, policy ops run per sample on uint8
 there): a quarter of float32's bytes through the workers' IPC and the host-to-device copy, and no
 per-sample float conversion on the CPU. Here, on the device the model runs on, a whole batch is
-converted, put through the preset's batch ops (``journal``'s rotation, colour jitter and grayscale:
-batch_tail.py), normalised, then erased (torchvision's RandomErasing, value 0 = the dataset's mean
+put through the preset's batch ops (``journal``'s rotation on the uint8 pixels, then colour jitter and
+grayscale on floats: batch_tail.py) or just converted, normalised, then erased (torchvision's RandomErasing, value 0 = the dataset's mean
 colour after normalising, the same parameters: area 2-33 %, aspect 0.3-3.3, 10 tries to fit, per
 sample).
 
@@ -48,10 +48,11 @@ class BatchFinish:
         scale, shift = self._on(images.device)
         # (x / 255 - mean) / std as x * scale + shift: two passes over the batch instead of four,
         # within 1e-6 of ToDtype(scale=True) + Normalize; to(float) keeps channels_last.
-        finished = images.to(torch.float32)
-        if self.tail is not None:  # the preset's batch ops work on 0..1, before normalising
-            finished = self.tail(finished.mul_(1.0 / 255.0), self._generator(step, TAIL_STREAM))
+        if self.tail is not None:  # the preset's batch ops: uint8 in (rotation moves uint8 pixels), 0..1 out
+            finished = self.tail(images, self._generator(step, TAIL_STREAM))
             scale = scale * 255.0
+        else:
+            finished = images.to(torch.float32)
         finished = finished.mul_(scale).add_(shift)
         if self.erasing > 0:
             finished.masked_fill_(self.erase_mask(finished.shape, step, finished.device)[:, None], 0.0)

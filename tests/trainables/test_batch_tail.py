@@ -26,12 +26,19 @@ def _pixels(batch: int = 6, height: int = 20, width: int = 20) -> torch.Tensor:
                          generator=torch.Generator().manual_seed(batch * height + width))
 
 
-@pytest.mark.parametrize("height,width", [(20, 20), (16, 28)])
-def test_rotation_is_torchvisions_for_each_samples_angle(height, width):
-    images = _pixels(5, height, width).float() / 255
-    angles = torch.tensor([10.0, -7.5, 33.0, 0.0, 179.0])
+@pytest.mark.parametrize("height,width", [(20, 20), (16, 28), (224, 180)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_rotation_is_torchvisions_for_each_samples_angle(height, width, dtype):
+    # Random angles hit pixels whose source lies exactly between two (ties) at 224 px; the right
+    # angles are torchvision's shortcuts (rot90, a copy).
+    angles = torch.cat([torch.tensor([10.0, -7.5, 33.0, 0.0, 179.0, 180.0, 90.0, -90.0, 270.0, 360.0]),
+                        (torch.rand(22, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 180])
+    images = _pixels(len(angles), height, width)
+    images = images if dtype == torch.uint8 else images.float() / 255
     expected = torch.stack([TF.rotate(image, float(angle)) for image, angle in zip(images, angles)])
-    assert torch.equal(rotate(images, angles), expected)
+    rotated = rotate(images, angles)
+    assert rotated.dtype == dtype
+    assert torch.equal(rotated, expected)
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1], [2, 0, 1], [1, 2, 0]])
