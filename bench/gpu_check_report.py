@@ -106,7 +106,8 @@ def summary(stages: dict) -> dict:
     out["packing_aggregate_vs_one_process"] = packing.get("scaling_vs_one_process")
     loader = stages["loader"].get("result") or {}
     # The data path's own ceiling (no model): when a trial's GPU waits, is it the loader?
-    out["loader_ceiling"] = {"per_image_ms": loader.get("per_image_ms"), "rows": loader.get("rows")}
+    out["loader_ceiling"] = {"per_image_ms": loader.get("per_image_ms"), "finish_ms": loader.get("finish_ms"),
+                             "rows": loader.get("rows")}
     return out
 
 

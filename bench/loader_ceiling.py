@@ -14,7 +14,10 @@ cached real photos and the same trial configuration (engine_trial.py), without a
   pinned memory, the skip-counting collate) for each worker count, nothing else done per batch;
 * ``to_device``: the same, each batch also copied to the device (non_blocking) and finished there
   (``BatchFinish``: float conversion + normalisation), synchronised at the end: what a trial's
-  training loop receives ready for the model.
+  training loop receives ready for the model;
+* ``finish_ms``: per preset, one batch's ``BatchFinish`` on the device (the preset's batch ops,
+  e.g. ``journal``'s rotation, jitter and grayscale, then conversion and normalisation), best of 5,
+  synchronised: what moving those ops from the workers to the device costs the device.
 
 Each rate is images / wall seconds of a pass after one untimed warm-up pass. JSON to --out.
 """
@@ -57,6 +60,24 @@ def per_image_ms(state: TrialState, samples: int) -> float:
         torch.set_num_threads(threads)
 
 
+def finish_ms(state: TrialState, device: torch.device, batch: int, size: int, repeats: int = 5) -> float:
+    """Milliseconds of the trial's BatchFinish on one uint8 batch already on ``device`` (best of
+    ``repeats``, after a warm-up); the pixels are noise: these ops cost the same on any picture."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    best = float("inf")
+    for step in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        state.finish_train(images, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step:  # the first call is the warm-up (kernels load, constants move to the device)
+            best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 3)
+
+
 def loader_rate(state: TrialState, device: torch.device, *, to_device: bool) -> float:
     """Images/s of one pass over the trial's train loader (after a warm-up pass)."""
     rates = []
@@ -96,7 +117,7 @@ def main(argv=None) -> int:
     workers = [int(w) for w in (args.workers or (f"4,8,{max(1, cores - 2)}" if cuda else "0,2")).split(",")]
     report = {"benchmark": "loader_ceiling", "device": args.device, "cores": cores, "torch": torch.__version__,
               "images_per_pass": images, "batch_size": batch, "image_size": size, "how": __doc__,
-              "per_image_ms": {}, "rows": []}
+              "per_image_ms": {}, "finish_ms": {}, "rows": []}
     with tempfile.TemporaryDirectory(prefix="loader-ceiling-") as tmp:
         data = cached_photos(args.photos, Path(tmp), images=images, device=device,
                              cache_size=256 if cuda else 72, max_photos=None if cuda else 16)
@@ -106,7 +127,10 @@ def main(argv=None) -> int:
         for preset in PRESETS:
             state = TrialState(dataclasses.replace(base, augmentation=preset, aug={}))
             report["per_image_ms"][preset] = per_image_ms(state, args.samples)
-            print(f"per image, 1 thread: {preset:8s} {report['per_image_ms'][preset]:.3f} ms", flush=True)
+            report["finish_ms"][preset] = finish_ms(state, device, batch, size)
+            print(f"per image, 1 thread: {preset:8s} {report['per_image_ms'][preset]:.3f} ms   "
+                  f"BatchFinish per batch of {batch} on {args.device}: {report['finish_ms'][preset]:.3f} ms",
+                  flush=True)
         for count in workers:
             state = TrialState(dataclasses.replace(base, num_workers=count))
             row = {"augmentation": "rrc", "workers": count,

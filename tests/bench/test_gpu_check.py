@@ -63,6 +63,8 @@ def test_the_cpu_run_writes_one_json_with_numbers_from_every_stage(tmp_path):
     loader = stages["loader"]["result"]
     assert set(loader["per_image_ms"]) == {"none", "light", "rrc", "journal"}
     assert all(ms > 0 for ms in loader["per_image_ms"].values())
+    assert set(loader["finish_ms"]) == set(loader["per_image_ms"]) and all(ms > 0 for ms in loader["finish_ms"].values())
+    assert report["summary"]["loader_ceiling"]["finish_ms"] == loader["finish_ms"]
     assert [row["workers"] for row in loader["rows"]] == [0]
     assert all(row["loader"] > 0 and row["to_device"] > 0 for row in loader["rows"])
     assert report["summary"]["loader_ceiling"]["rows"] == loader["rows"]
