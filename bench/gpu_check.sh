@@ -19,11 +19,13 @@
 #   packing  bench/gpu_packing.py      N = 1, 2, 4 trial processes on the GPU: aggregate and per-trial
 #                                      img/s, memory per process
 #   loader   bench/loader_ceiling.py   the trial's data path with no model: ms per image in one
-#                                      worker per preset, and the loader's img/s at 4, 8, cores-2
+#                                      worker per preset, BatchFinish's ms per batch on the GPU per
+#                                      preset, rrc's crops per sample vs batched on the GPU
+#                                      (roi_align), and the loader's img/s at 4, 8, cores-2
 #                                      workers: what the GPU would wait for
 # then bench/gpu_check_report.py writes the card (name, capability, memory), torch / torchvision /
 # CUDA versions and every stage's result into ONE JSON; each stage's log is kept beside it
-# (<out>_<stage>.log). Caps on CUDA: 65 + 160 + 80 + 125 + 50 = 480 s, the report ~2 s; on an
+# (<out>_<stage>.log). Caps on CUDA: 65 + 160 + 80 + 125 + 60 = 490 s, the report ~2 s; on an
 # H200 the stages took about 50 + 115 + 65 + 120 + 40 s (run's timeout_s 540 leaves room).
 #
 # What the GPU machine needs: python3 with torch, torchvision, numpy, Pillow, pyarrow, filelock,
@@ -69,7 +71,7 @@ else
   R50_ARGS=(--device "$DEVICE" --source cache --repeats 2 --images 8192 --arch resnet50 --max-batch 256 --compile off)
   PACKING_ARGS=(--device "$DEVICE" --seconds 5)
   LOADER_ARGS=(--device "$DEVICE")
-  CAPS=(65 160 80 125 50)
+  CAPS=(65 160 80 125 60)
 fi
 
 # stage NAME CAP COMMAND...: runs COMMAND under CAP seconds; leaves NAME.status/.log in $WORK.

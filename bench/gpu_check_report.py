@@ -107,7 +107,7 @@ def summary(stages: dict) -> dict:
     loader = stages["loader"].get("result") or {}
     # The data path's own ceiling (no model): when a trial's GPU waits, is it the loader?
     out["loader_ceiling"] = {"per_image_ms": loader.get("per_image_ms"), "finish_ms": loader.get("finish_ms"),
-                             "rows": loader.get("rows")}
+                             "batched_crops": loader.get("batched_crops"), "rows": loader.get("rows")}
     return out
 
 

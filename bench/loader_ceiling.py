@@ -17,7 +17,13 @@ cached real photos and the same trial configuration (engine_trial.py), without a
   training loop receives ready for the model;
 * ``finish_ms``: per preset, one batch's ``BatchFinish`` on the device (the preset's batch ops,
   e.g. ``journal``'s rotation, jitter and grayscale, then conversion and normalisation), best of 5,
-  synchronised: what moving those ops from the workers to the device costs the device.
+  synchronised: what moving those ops from the workers to the device costs the device;
+* ``batched_crops``: the rrc family's per-sample crop + resize (torchvision's ``resized_crop``,
+  antialiased, what a worker does per image on 1 thread) against the same crops of a whole batch
+  on the device with ``torchvision.ops.roi_align`` (bilinear, adaptive sampling), from the same
+  draws on the same cached pixels: ms of each, and how far apart their pixels are (grey levels).
+  Not in the trainable yet: it says whether moving the crops to the GPU would pay, and what it
+  would change.
 
 Each rate is images / wall seconds of a pass after one untimed warm-up pass. JSON to --out.
 """
@@ -34,12 +40,16 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.engine_trial import cached_photos, trial_config  # noqa: E402
+from trainables.cache import CachedImageDataset, find_cache  # noqa: E402
 from trainables.trial_state import TrialState  # noqa: E402
 
 PRESETS = ("none", "light", "rrc", "journal")
@@ -76,6 +86,62 @@ def finish_ms(state: TrialState, device: torch.device, batch: int, size: int, re
         if step:  # the first call is the warm-up (kernels load, constants move to the device)
             best = min(best, time.perf_counter() - start)
     return round(best * 1000, 3)
+
+
+def batched_crops(train_dir: str, cache_size: int, size: int, batch: int, device: torch.device,
+                  min_scale: float = 0.25, repeats: int = 5) -> dict:
+    """RandomResizedCrop's crops of one batch of cached images, per sample on the CPU and batched
+    on ``device`` with roi_align, from the same draws (module docstring)."""
+    cached = CachedImageDataset(find_cache(train_dir, cache_size))
+    images = torch.stack([cached[i % len(cached)][0].as_subclass(torch.Tensor) for i in range(batch)])
+    crop = v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)
+    torch.manual_seed(0)
+    boxes = [crop.make_params([image]) for image in images]  # top, left, height, width per sample
+
+    def per_sample() -> torch.Tensor:
+        return torch.stack([TF.resized_crop(image, b["top"], b["left"], b["height"], b["width"], [size, size],
+                                            antialias=True) for image, b in zip(images, boxes)])
+
+    # roi_align's boxes: (sample, x1, y1, x2, y2) in pixel edges; aligned=True puts the samples where
+    # torchvision's bilinear resize puts them (half-pixel centres).
+    rois = torch.tensor([[i, b["left"], b["top"], b["left"] + b["width"], b["top"] + b["height"]]
+                         for i, b in enumerate(boxes)], dtype=torch.float32, device=device)
+    on_device = images.to(device)
+
+    def batched() -> torch.Tensor:
+        return roi_align(on_device.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
+                         aligned=True)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a worker's setting
+    try:
+        reference, cpu_s = per_sample(), float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            per_sample()
+            cpu_s = min(cpu_s, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    ours, device_s = batched(), float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        batched()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        device_s = min(device_s, time.perf_counter() - start)
+    apart = (ours.round().clamp(0, 255).to(torch.uint8).cpu().int() - reference.int()).abs().float().flatten()
+    return {"batch_size": batch, "cache_size": cache_size, "image_size": size, "min_scale": min_scale,
+            "cpu_per_image_ms": round(cpu_s / batch * 1000, 4),
+            "device_batch_ms": round(device_s * 1000, 3),
+            "device_per_image_ms": round(device_s / batch * 1000, 4),
+            "difference_grey_levels": {"mean": round(float(apart.mean()), 3),
+                                       "p99": float(apart.kthvalue(max(1, int(0.99 * apart.numel()))).values),
+                                       "max": float(apart.max())},
+            "how": "best of %d; CPU: torchvision resized_crop antialias=True per sample, 1 thread; device: "
+                   "torchvision.ops.roi_align(sampling_ratio=-1, aligned=True) on the float batch, "
+                   "synchronised; the difference: |rounded roi_align - torchvision| per pixel" % repeats}
 
 
 def loader_rate(state: TrialState, device: torch.device, *, to_device: bool) -> float:
@@ -131,6 +197,11 @@ def main(argv=None) -> int:
             print(f"per image, 1 thread: {preset:8s} {report['per_image_ms'][preset]:.3f} ms   "
                   f"BatchFinish per batch of {batch} on {args.device}: {report['finish_ms'][preset]:.3f} ms",
                   flush=True)
+        report["batched_crops"] = batched_crops(data["train_dir"], report["cache"]["size"], size, batch, device)
+        crops = report["batched_crops"]
+        print(f"rrc crops: {crops['cpu_per_image_ms']:.3f} ms per image per sample on 1 CPU thread, "
+              f"{crops['device_batch_ms']:.3f} ms per batch of {batch} on {args.device} with roi_align; pixels "
+              f"{crops['difference_grey_levels']['mean']:.2f} grey levels apart on average", flush=True)
         for count in workers:
             state = TrialState(dataclasses.replace(base, num_workers=count))
             row = {"augmentation": "rrc", "workers": count,

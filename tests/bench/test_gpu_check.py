@@ -65,6 +65,10 @@ def test_the_cpu_run_writes_one_json_with_numbers_from_every_stage(tmp_path):
     assert all(ms > 0 for ms in loader["per_image_ms"].values())
     assert set(loader["finish_ms"]) == set(loader["per_image_ms"]) and all(ms > 0 for ms in loader["finish_ms"].values())
     assert report["summary"]["loader_ceiling"]["finish_ms"] == loader["finish_ms"]
+    crops = loader["batched_crops"]  # roi_align's batch crops land near torchvision's per-sample ones
+    assert crops["cpu_per_image_ms"] > 0 and crops["device_batch_ms"] > 0
+    assert crops["difference_grey_levels"]["mean"] < 1.5 and crops["difference_grey_levels"]["p99"] <= 8
+    assert report["summary"]["loader_ceiling"]["batched_crops"] == crops
     assert [row["workers"] for row in loader["rows"]] == [0]
     assert all(row["loader"] > 0 and row["to_device"] > 0 for row in loader["rows"])
     assert report["summary"]["loader_ceiling"]["rows"] == loader["rows"]
