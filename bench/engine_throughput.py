@@ -40,16 +40,18 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.engine_trial import (BUSY_HOW, ROW_HOW, BusySampler, cached_photos,  # noqa: E402
                                 memory_of, probe_batch_size, trial_config)
+from trainables.cache import CachedImageDataset  # noqa: E402
 from trainables.data import make_loader  # noqa: E402
 from trainables.engine import autocast_for, train_one_epoch  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.trial_state import TrialState  # noqa: E402
+from trainables.transforms import build_train_pixels  # noqa: E402
 from tuner.diagnose.memory import release  # noqa: E402
 
 GOAL = 0.97
@@ -158,6 +160,19 @@ def measure(*, arch: str, width: float, size: int, batch: int, dataset: Dataset,
     return row
 
 
+def per_sample_train_set(state: TrialState) -> Dataset:
+    """The trial's training images through its preset's per-sample pipeline, what a hand-written
+    script's loader runs: a CUDA trial reading the cache leaves its crops to the device instead
+    (trainables/device_crops.py), and the plain loop would not know what to do with those."""
+    data, cache = state.splits.train, state.splits.caches.get("train")
+    if state.finish_train.crop_size is None or cache is None:
+        return data
+    config = state.config
+    cropped = CachedImageDataset(Path(cache), transform=build_train_pixels(config.augmentation, config.image_size,
+                                                                           config.aug))
+    return Subset(cropped, data.indices) if isinstance(data, Subset) else cropped
+
+
 def measure_trial(config, *, repeats: int, device: torch.device) -> dict:
     """A TrialState's epochs (the engine as a trial runs it) against the plain loop on the same model
     object (compiled when the config says so) and the same cached dataset, alternating epochs."""
@@ -165,7 +180,7 @@ def measure_trial(config, *, repeats: int, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)  # the row's own peak, not the probe's
     state = TrialState(config)
     steps, batch = config.max_steps_per_epoch, config.batch_size
-    data = state.splits.train
+    data = per_sample_train_set(state)
     plain = DataLoader(data, batch_size=batch, num_workers=config.num_workers, drop_last=True,
                        sampler=RandomSampler(data, num_samples=steps * batch,
                                              generator=torch.Generator().manual_seed(0)),

@@ -19,11 +19,10 @@ cached real photos and the same trial configuration (engine_trial.py), without a
   e.g. ``journal``'s rotation, jitter and grayscale, then conversion and normalisation), best of 5,
   synchronised: what moving those ops from the workers to the device costs the device;
 * ``batched_crops``: the rrc family's per-sample crop + resize (torchvision's ``resized_crop``,
-  antialiased, what a worker does per image on 1 thread) against the same crops of a whole batch
-  on the device with ``torchvision.ops.roi_align`` (bilinear, adaptive sampling), from the same
-  draws on the same cached pixels: ms of each, and how far apart their pixels are (grey levels).
-  Not in the trainable yet: it says whether moving the crops to the GPU would pay, and what it
-  would change.
+  antialiased, what a CPU trial's worker does per image on 1 thread) against the same crops of a
+  whole batch on the device (``trainables/device_crops.py``: ``torchvision.ops.roi_align``, what a
+  CUDA trial reading the cache does), from the same draws on the same cached pixels: ms of each,
+  and how far apart their pixels are (grey levels).
 
 Each rate is images / wall seconds of a pass after one untimed warm-up pass. JSON to --out.
 """
@@ -40,7 +39,6 @@ import time
 from pathlib import Path
 
 import torch
-from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -50,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bench.engine_trial import cached_photos, trial_config  # noqa: E402
 from trainables.cache import CachedImageDataset, find_cache  # noqa: E402
+from trainables.device_crops import CropPlan, crop_on_device  # noqa: E402
 from trainables.trial_state import TrialState  # noqa: E402
 
 PRESETS = ("none", "light", "rrc", "journal")
@@ -102,15 +101,11 @@ def batched_crops(train_dir: str, cache_size: int, size: int, batch: int, device
         return torch.stack([TF.resized_crop(image, b["top"], b["left"], b["height"], b["width"], [size, size],
                                             antialias=True) for image, b in zip(images, boxes)])
 
-    # roi_align's boxes: (sample, x1, y1, x2, y2) in pixel edges; aligned=True puts the samples where
-    # torchvision's bilinear resize puts them (half-pixel centres).
-    rois = torch.tensor([[i, b["left"], b["top"], b["left"] + b["width"], b["top"] + b["height"]]
-                         for i, b in enumerate(boxes)], dtype=torch.float32, device=device)
-    on_device = images.to(device)
+    plan = CropPlan(images, torch.tensor([[b["top"], b["left"], b["height"], b["width"], 0.0] for b in boxes],
+                                         dtype=torch.float32)).to(device)  # no flips: the crops alone
 
     def batched() -> torch.Tensor:
-        return roi_align(on_device.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
-                         aligned=True)
+        return crop_on_device(plan, size)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a worker's setting
@@ -140,8 +135,9 @@ def batched_crops(train_dir: str, cache_size: int, size: int, batch: int, device
                                        "p99": float(apart.kthvalue(max(1, int(0.99 * apart.numel()))).values),
                                        "max": float(apart.max())},
             "how": "best of %d; CPU: torchvision resized_crop antialias=True per sample, 1 thread; device: "
-                   "torchvision.ops.roi_align(sampling_ratio=-1, aligned=True) on the float batch, "
-                   "synchronised; the difference: |rounded roi_align - torchvision| per pixel" % repeats}
+                   "trainables.device_crops.crop_on_device (roi_align, sampling_ratio=-1, aligned=True) on "
+                   "the batch, synchronised; the difference: |rounded crop_on_device - torchvision| per "
+                   "pixel" % repeats}
 
 
 def loader_rate(state: TrialState, device: torch.device, *, to_device: bool) -> float:

@@ -3,7 +3,8 @@
 The loader's workers hand over uint8 batches (crops, flips, policy ops run per sample on uint8
 there): a quarter of float32's bytes through the workers' IPC and the host-to-device copy, and no
 per-sample float conversion on the CPU. Here, on the device the model runs on, a whole batch is
-put through the preset's batch ops (``journal``'s rotation on the uint8 pixels, then colour jitter and
+cropped (where the workers left an rrc-family preset's crops to a GPU: device_crops.py), put
+through the preset's batch ops (``journal``'s rotation on the uint8 pixels, then colour jitter and
 grayscale on floats: batch_tail.py) or just converted, normalised, then erased (torchvision's RandomErasing, value 0 = the dataset's mean
 colour after normalising, the same parameters: area 2-33 %, aspect 0.3-3.3, 10 tries to fit, per
 sample).
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from trainables.batch_tail import BatchTail
+from trainables.device_crops import CropPlan, crop_on_device
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision's RandomErasing defaults
 ERASE_RATIO = (0.3, 3.3)
@@ -33,23 +35,31 @@ class BatchFinish:
     probability ``erasing`` per sample. A float batch passes through: it is finished already."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, erasing: float = 0.0,
-                 seed: int = 0, tail: Optional[BatchTail] = None) -> None:
+                 seed: int = 0, tail: Optional[BatchTail] = None, crop_size: Optional[int] = None) -> None:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.erasing, self.seed, self.epoch = float(erasing), int(seed), 0
         self.tail = tail if tail is not None and tail.active else None
+        self.crop_size = crop_size  # the side a CropPlan's boxes are resized to (device_crops.py)
         self._constants: dict = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __call__(self, images: torch.Tensor, step: int = 0) -> torch.Tensor:
-        if images.is_floating_point():
+    def __call__(self, images: torch.Tensor | CropPlan, step: int = 0) -> torch.Tensor:
+        if isinstance(images, CropPlan):  # the workers left the crops to the device: float 0..255
+            if self.crop_size is None:
+                raise TypeError("a CropPlan batch reached a BatchFinish without crop_size")
+            images = crop_on_device(images, self.crop_size)
+            if images.is_cuda:
+                images = images.contiguous(memory_format=torch.channels_last)  # what the model takes
+        elif images.is_floating_point():
             return images
         scale, shift = self._on(images.device)
         # (x / 255 - mean) / std as x * scale + shift: two passes over the batch instead of four,
         # within 1e-6 of ToDtype(scale=True) + Normalize; to(float) keeps channels_last.
-        if self.tail is not None:  # the preset's batch ops: uint8 in (rotation moves uint8 pixels), 0..1 out
-            finished = self.tail(images, self._generator(step, TAIL_STREAM))
+        if self.tail is not None:  # the preset's batch ops: uint8 or 0..1 in (rotation moves pixels), 0..1 out
+            pixels = images if not images.is_floating_point() else images.mul_(1.0 / 255.0)
+            finished = self.tail(pixels, self._generator(step, TAIL_STREAM))
             scale = scale * 255.0
         else:
             finished = images.to(torch.float32)

@@ -213,11 +213,14 @@ def build_splits(
     subset: Optional[int],
     seed: int,
     cache_size: Optional[int] = None,
+    cached_train_transform=None,
 ) -> Splits:
     """Train and validation datasets; with ``cache_size``, an up-to-date decoded-image cache of at
-    least that side (``tuner data cache``) is read instead of the files, split by split."""
+    least that side (``tuner data cache``) is read instead of the files, split by split.
+    ``cached_train_transform``: the train split's transform when it reads the cache (whose images
+    are all one square size), instead of ``train_transform``."""
     caches: dict[str, str] = {}
-    train = _open_split(train_dir, train_transform, cache_size, caches, "train")
+    train = _open_split(train_dir, train_transform, cache_size, caches, "train", cached_train_transform)
     val = _open_split(val_dir, eval_transform, cache_size, caches, "val")
     if val.class_to_idx != train.class_to_idx:
         differing = sorted(set(train.classes) ^ set(val.classes))
@@ -250,12 +253,13 @@ def class_counts(dataset: Dataset, num_classes: int) -> list[int]:
     return [int(n) for n in np.bincount(targets, minlength=num_classes)]
 
 
-def _open_split(folder: str, transform, cache_size: Optional[int], caches: dict, name: str) -> Dataset:
+def _open_split(folder: str, transform, cache_size: Optional[int], caches: dict, name: str,
+                cached_transform=None) -> Dataset:
     if cache_size is not None:
         try:
             manifest = find_cache(folder, cache_size)
             if manifest is not None:
-                dataset = CachedImageDataset(manifest, transform=transform)
+                dataset = CachedImageDataset(manifest, transform=cached_transform or transform)
                 caches[name] = str(manifest)
                 log.info("%s: reading decoded images from %s", folder, manifest)
                 return dataset

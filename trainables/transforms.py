@@ -30,6 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from trainables.batch_tail import BatchTail
+from trainables.device_crops import DeferredResizedCrop
 from trainables.registry import Registry
 
 EVAL_CROP = "eval_crop"  # every preset takes it: fraction of the resized side kept by the centre crop
@@ -46,6 +47,9 @@ class AugmentationPreset:
     defaults: dict
     # (**params) -> the ops that run on the whole batch after the per-sample ones (batch_tail.py)
     tail: Optional[Callable[..., BatchTail]] = None
+    # Its per-sample ops are RandomResizedCrop(min_scale) + a flip: on a GPU, with the train split
+    # cached, the crops can run on the whole batch there (device_crops.py).
+    crops_on_device: bool = False
 
     def check_params(self, params: dict) -> None:
         valid = set(self.defaults) | set(COMMON)
@@ -178,12 +182,13 @@ AUGMENTATIONS.register("none")(AugmentationPreset(_none, {}))
 AUGMENTATIONS.register("light")(AugmentationPreset(_light, {"pad_fraction": 0.125}))
 AUGMENTATIONS.register("journal")(
     AugmentationPreset(
-        _journal, {"rotation": 10.0, "min_scale": 0.5, "jitter": 0.2, "grayscale": 0.1}, tail=_journal_tail
+        _journal, {"rotation": 10.0, "min_scale": 0.5, "jitter": 0.2, "grayscale": 0.1}, tail=_journal_tail,
+        crops_on_device=True,
     )
 )
 
 
-AUGMENTATIONS.register("rrc")(AugmentationPreset(_rrc, dict(_RRC_DEFAULTS)))
+AUGMENTATIONS.register("rrc")(AugmentationPreset(_rrc, dict(_RRC_DEFAULTS), crops_on_device=True))
 AUGMENTATIONS.register("trivialaugment")(AugmentationPreset(_trivialaugment, dict(_RRC_DEFAULTS)))
 AUGMENTATIONS.register("randaugment")(
     AugmentationPreset(_randaugment, {**_RRC_DEFAULTS, "num_ops": 2, "magnitude": 9})
@@ -203,13 +208,24 @@ def _chosen(entry: AugmentationPreset, params: dict | None) -> dict:
     return {**entry.defaults, **{k: v for k, v in (params or {}).items() if k not in COMMON}}
 
 
-def build_train_pixels(preset: str, image_size: int, params: dict | None = None):
+def build_train_pixels(preset: str, image_size: int, params: dict | None = None, *,
+                       crops_on_device: bool = False):
     """What a trial's loader workers run per sample: PIL image or uint8 tensor -> uint8 tensor
     [3, image_size, image_size], the preset's crops, flips and colour ops. The preset's batch ops
     (``build_batch_tail``), conversion, normalisation and erasing are left to ``BatchFinish``, once
-    per batch on the device (batch_finish.py)."""
+    per batch on the device (batch_finish.py). ``crops_on_device`` (presets that allow it, images of
+    one square size): only the crop's and flip's draws, -> ``CropPlan`` (device_crops.py)."""
     entry = AUGMENTATIONS.get(preset)
-    return v2.Compose([v2.ToImage(), *entry.build(image_size, **_chosen(entry, params))])
+    chosen = _chosen(entry, params)
+    if crops_on_device:
+        if not entry.crops_on_device:
+            raise ValueError(f"augmentation {preset}: its per-sample ops cannot move to the device")
+        return v2.Compose([v2.ToImage(), DeferredResizedCrop(image_size, scale=(float(chosen["min_scale"]), 1.0))])
+    return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen)])
+
+
+def crops_can_move_to_device(preset: str) -> bool:
+    return AUGMENTATIONS.get(preset).crops_on_device
 
 
 def build_batch_tail(preset: str, params: dict | None = None) -> Optional[BatchTail]:

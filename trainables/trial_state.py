@@ -33,7 +33,7 @@ from trainables.models import (build_model, default_weights_normalisation, freez
 from trainables.optim import build_optimizer, build_schedule
 from trainables.batch_finish import BatchFinish
 from trainables.transforms import (EVAL_CROP, build_batch_tail, build_eval_pixels, build_train_pixels,
-                                   erasing_probability)
+                                   crops_can_move_to_device, erasing_probability)
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,18 @@ def resolve_normalisation(config: TrialConfig) -> dict:
 class TrialState:
     """Everything a trial holds between epochs; loaders are built once (workers persist)."""
 
-    def __init__(self, config: TrialConfig, *, normalisation: Optional[dict] = None) -> None:
+    def __init__(self, config: TrialConfig, *, normalisation: Optional[dict] = None,
+                 crops_on_device: Optional[bool] = None) -> None:
+        """``crops_on_device``: leave an rrc-family preset's crops to the device when the training
+        split is read from the cache (device_crops.py); by default on CUDA only."""
         self.config = config
         self.device = resolve_device(config.device)
         if config.threads is not None:  # before any work: the thread count shapes every result
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)  # model initialisation
-        self.splits = self._build_splits(normalisation)
+        if crops_on_device is None:
+            crops_on_device = self.device.type == "cuda"  # a CPU crops faster per sample
+        self.splits = self._build_splits(normalisation, crops_on_device)
         self.class_names = [c for c, _ in sorted(self.splits.class_to_idx.items(), key=lambda kv: kv[1])]
         self.num_classes = len(self.class_names)
         # Images per class index of what this trial trains on (after train_subset): recorded in every
@@ -128,14 +133,17 @@ class TrialState:
                                     cutmix_alpha=config.cutmix_alpha, mix_prob=config.mix_prob,
                                     seed=config.seed)
 
-    def _build_splits(self, normalisation: Optional[dict]) -> Splits:
+    def _build_splits(self, normalisation: Optional[dict], crops_on_device: bool) -> Splits:
         config = self.config
         # A resumed trial keeps the statistics it started with, whatever changed on disk since.
         self.normalisation = normalisation or resolve_normalisation(config)
         mean, std = self.normalisation["mean"], self.normalisation["std"]
         # The loaders hand over uint8; conversion, normalisation and erasing run per batch on the device.
+        # On a GPU, an rrc-family trial reading the cache also leaves its crops to the device.
+        crops_on_device = crops_on_device and crops_can_move_to_device(config.augmentation)
         self.finish_train = BatchFinish(mean, std, erasing=erasing_probability(config.aug), seed=config.seed,
-                                        tail=build_batch_tail(config.augmentation, config.aug))
+                                        tail=build_batch_tail(config.augmentation, config.aug),
+                                        crop_size=config.image_size if crops_on_device else None)
         self.finish_eval = BatchFinish(mean, std)
         return build_splits(
             config.train_dir, config.val_dir,
@@ -143,6 +151,8 @@ class TrialState:
             eval_transform=build_eval_pixels(config.image_size, float(config.aug.get(EVAL_CROP, 1.0))),
             subset=config.train_subset, seed=config.seed,
             cache_size=config.image_size if config.cache == "auto" else None,
+            cached_train_transform=build_train_pixels(config.augmentation, config.image_size, config.aug,
+                                                      crops_on_device=True) if crops_on_device else None,
         )
 
     def _select_trained_parameters(self) -> list[torch.nn.Parameter]:

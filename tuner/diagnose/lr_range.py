@@ -102,7 +102,7 @@ class _Subject:
 
     def __init__(self, config: TrialConfig, samples: int) -> None:
         self.config = config.replace(train_subset=None, num_workers=0, max_steps_per_epoch=None)
-        self.state = TrialState(self.config)
+        self.state = TrialState(self.config, crops_on_device=False)  # small loaders: per-sample crops
         train = self.state.splits.train
         indices = subset_indices(len(train), samples, seed=config.seed, flag="--samples",
                                  where=config.train_dir)

@@ -168,7 +168,7 @@ def check_learning_rate(config: TrialConfig, data: Dataset, history: list[dict],
     mark = next(h for h in history if h["step"] >= min(max_steps // 4, history[-1]["step"]))
     results = []
     for factor in (LR_PROBE_FACTOR, 1 / LR_PROBE_FACTOR):
-        state = TrialState(config.replace(lr=config.lr * factor))
+        state = TrialState(config.replace(lr=config.lr * factor), crops_on_device=False)
         probe_history, probe_diverged = _train(state, data, batch_size=batch_size,
                                                max_steps=mark["step"], target=None)
         loss = math.inf if probe_diverged or not probe_history else probe_history[-1]["loss"]
@@ -197,7 +197,8 @@ def diagnose_overfit(
     if not keep_augmentation:
         changes.update(augmentation="none", aug={})
     config = config.replace(**changes)
-    state = TrialState(config)
+    # Per-sample crops even on a GPU: these checks look at single images, and their loaders are small.
+    state = TrialState(config, crops_on_device=False)
     train = state.splits.train
     indices = subset_indices(len(train), samples, seed=config.seed, flag="--samples",
                              where=config.train_dir)

@@ -1,0 +1,83 @@
+"""The rrc family's crop + resize on the whole batch, on the GPU, from draws made per sample.
+
+On a GPU machine the loader's workers set the pace of an ``rrc`` or ``journal`` trial: each image's
+RandomResizedCrop (a crop, then an antialiased resize to the trial's size) costs about 0.6 ms of a
+worker's CPU, while the GPU waits (bench/results/gpu_check.json: the engine trained resnet18 at
+11,000 img/s from pinned batches, 6,200 from its loader). When the training split is read from
+the decoded-image cache, every image is the same square, so a batch can be stacked before it is
+cropped:
+
+* in the workers, ``DeferredResizedCrop`` makes RandomResizedCrop's and RandomHorizontalFlip's draws
+  for each sample, in their order, from the generator the loader seeds per sample, and hands over
+  the cached image untouched with its box and flip (``CropPlan``);
+* on the device, ``crop_on_device`` crops and resizes the whole batch with
+  ``torchvision.ops.roi_align`` (bilinear at torchvision's half-pixel centres, averaging 2 x 2 or
+  more samples per output pixel where the crop is larger than the output, as antialiasing does),
+  then flips the samples drawn for it.
+
+The boxes and flips are those the per-sample pipeline draws for the same seeds; the pixels differ
+from torchvision's ``resized_crop`` by about 0.25 grey levels on average on real photos (p99 2;
+``bench/loader_ceiling.py`` measures it), and are not rounded to whole grey levels. A trial crops
+this way only on CUDA, with the train split cached, and with a preset whose per-sample ops are a
+RandomResizedCrop and a flip (``rrc``, ``journal``): a CPU is faster at it per sample.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+TOP, LEFT, HEIGHT, WIDTH, FLIP = range(5)  # the columns of CropPlan.boxes
+
+
+class CropPlan(NamedTuple):
+    """Cached images, uncropped, and what to do with each: one sample, or a batch once collated."""
+
+    pixels: torch.Tensor  # uint8 [(B,) 3, S, S]
+    boxes: torch.Tensor  # float32 [(B,) 5]: top, left, height, width, flip (1.0) or not (0.0)
+
+    def to(self, device, non_blocking: bool = False) -> "CropPlan":
+        return CropPlan(self.pixels.to(device, non_blocking=non_blocking),
+                        self.boxes.to(device, non_blocking=non_blocking))
+
+    def contiguous(self, memory_format: Optional[torch.memory_format] = None) -> "CropPlan":
+        return self  # the crops are new tensors: BatchFinish lays them out (engine._to_device asks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+
+class DeferredResizedCrop(torch.nn.Module):
+    """``v2.RandomResizedCrop(size, scale, antialias=True)`` + ``v2.RandomHorizontalFlip()``'s draws
+    for one image, without their pixel work: -> ``CropPlan(image, box)``."""
+
+    def __init__(self, size: int, scale: tuple[float, float]) -> None:
+        super().__init__()
+        self.size = size
+        self.crop = v2.RandomResizedCrop(size, scale=scale, antialias=True)
+
+    def forward(self, image: torch.Tensor) -> CropPlan:
+        params = self.crop.make_params([image])  # RandomResizedCrop's draws, as its forward makes them
+        flip = torch.rand(1) < 0.5  # RandomHorizontalFlip flips when its draw is below p = 0.5
+        box = torch.tensor([params["top"], params["left"], params["height"], params["width"], float(flip)],
+                           dtype=torch.float32)
+        return CropPlan(image.as_subclass(torch.Tensor), box)
+
+
+def crop_on_device(plan: CropPlan, size: int) -> torch.Tensor:
+    """A collated ``CropPlan`` -> float32 [B, 3, size, size] in 0..255: each sample's box resized
+    to ``size`` (roi_align), flipped where drawn, on the plan's device."""
+    boxes = plan.boxes.to(torch.float32)
+    sample = torch.arange(len(boxes), device=boxes.device, dtype=torch.float32)
+    # roi_align's boxes are (sample, x1, y1, x2, y2) in pixel edges; aligned=True samples at
+    # half-pixel centres, where torchvision's bilinear resize samples.
+    rois = torch.stack([sample, boxes[:, LEFT], boxes[:, TOP], boxes[:, LEFT] + boxes[:, WIDTH],
+                        boxes[:, TOP] + boxes[:, HEIGHT]], dim=1)
+    crops = roi_align(plan.pixels.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True)
+    flip = (boxes[:, FLIP] > 0.5)[:, None, None, None]
+    return torch.where(flip, crops.flip(-1), crops)
