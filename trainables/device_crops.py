@@ -2,10 +2,10 @@
 
 On a GPU machine the loader's workers set the pace of an ``rrc`` or ``journal`` trial: each image's
 RandomResizedCrop (a crop, then an antialiased resize to the trial's size) costs about 0.6 ms of a
-worker's CPU, while the GPU waits (bench/results/gpu_check.json: the engine trained resnet18 at
-11,000 img/s from pinned batches, 6,200 from its loader). When the training split is read from
-the decoded-image cache, every image is the same square, so a batch can be stacked before it is
-cropped:
+worker's CPU, while the GPU waits (on an H200, the engine trained resnet18 at 11,000 img/s from
+pinned batches, bench/results/gpu_check.json, and at 6,200 from its loader,
+bench/results/gpu_followup.json). When the training split is read from the decoded-image cache,
+every image is the same square, so a batch can be stacked before it is cropped:
 
 * in the workers, ``DeferredResizedCrop`` makes RandomResizedCrop's and RandomHorizontalFlip's draws
   for each sample, in their order, from the generator the loader seeds per sample, and hands over
