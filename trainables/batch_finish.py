@@ -50,8 +50,6 @@ class BatchFinish:
             if self.crop_size is None:
                 raise TypeError("a CropPlan batch reached a BatchFinish without crop_size")
             images = crop_on_device(images, self.crop_size)
-            if images.is_cuda:
-                images = images.contiguous(memory_format=torch.channels_last)  # what the model takes
         elif images.is_floating_point():
             return images
         scale, shift = self._on(images.device)
@@ -64,6 +62,8 @@ class BatchFinish:
         else:
             finished = images.to(torch.float32)
         finished = finished.mul_(scale).add_(shift)
+        if finished.is_cuda:  # what the model takes; the crops and the rotation's gather lay out NCHW
+            finished = finished.contiguous(memory_format=torch.channels_last)
         if self.erasing > 0:
             finished.masked_fill_(self.erase_mask(finished.shape, step, finished.device)[:, None], 0.0)
         return finished
