@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from torchvision.transforms import v2
+from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bench.engine_trial import cached_photos, trial_config  # noqa: E402
 from trainables.cache import CachedImageDataset, find_cache  # noqa: E402
-from trainables.device_crops import CropPlan, crop_on_device  # noqa: E402
+from trainables.device_crops import FLIP, CropPlan, DeferredResizedCrop, crop_on_device  # noqa: E402
 from trainables.trial_state import TrialState  # noqa: E402
 
 PRESETS = ("none", "light", "rrc", "journal")
@@ -93,16 +93,15 @@ def batched_crops(train_dir: str, cache_size: int, size: int, batch: int, device
     on ``device`` with roi_align, from the same draws (module docstring)."""
     cached = CachedImageDataset(find_cache(train_dir, cache_size))
     images = torch.stack([cached[i % len(cached)][0].as_subclass(torch.Tensor) for i in range(batch)])
-    crop = v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)
+    draw = DeferredResizedCrop(size, scale=(min_scale, 1.0))  # the draws a CUDA trial's workers make
     torch.manual_seed(0)
-    boxes = [crop.make_params([image]) for image in images]  # top, left, height, width per sample
+    drawn = default_collate([draw(image) for image in images])
+    plan = CropPlan(images, drawn.boxes * torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])).to(device)  # crops, no flips
+    boxes = drawn.boxes[:, :FLIP].long().tolist()  # top, left, height, width per sample
 
     def per_sample() -> torch.Tensor:
-        return torch.stack([TF.resized_crop(image, b["top"], b["left"], b["height"], b["width"], [size, size],
-                                            antialias=True) for image, b in zip(images, boxes)])
-
-    plan = CropPlan(images, torch.tensor([[b["top"], b["left"], b["height"], b["width"], 0.0] for b in boxes],
-                                         dtype=torch.float32)).to(device)  # no flips: the crops alone
+        return torch.stack([TF.resized_crop(image, top, left, height, width, [size, size], antialias=True)
+                            for image, (top, left, height, width) in zip(images, boxes)])
 
     def batched() -> torch.Tensor:
         return crop_on_device(plan, size)
