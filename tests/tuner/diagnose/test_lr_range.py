@@ -33,9 +33,11 @@ def test_range_test_finds_a_rate_in_the_known_good_band(write_config, tmp_path):
 
 
 def test_journal_halving_converges_at_a_good_rate(write_config, tmp_path):
+    # Five epochs: after three the loss sits near the target (2.07) and which side it lands on
+    # changes with the CPU's float kernels; by the fifth it is well below (1.81 on an AMD EPYC).
     config = write_config(augmentation="none")
     report = diagnose_lr_range(config, samples=512, method="halving", start_lr=0.0625,
-                               halving_epochs=3, converge_at=0.9, max_halvings=0, out_dir=tmp_path)
+                               halving_epochs=5, converge_at=0.9, max_halvings=0, out_dir=tmp_path)
     halving = report.halving
     assert [a.converged for a in halving.attempts] == [True]
     assert halving.lr == 0.0625
