@@ -15,9 +15,10 @@ cached real photos and the same trial configuration (engine_trial.py), without a
 * ``to_device``: the same, each batch also copied to the device (non_blocking) and finished there
   (``BatchFinish``: float conversion + normalisation), synchronised at the end: what a trial's
   training loop receives ready for the model;
-* ``finish_ms``: per preset, one batch's ``BatchFinish`` on the device (the preset's batch ops,
-  e.g. ``journal``'s rotation, jitter and grayscale, then conversion and normalisation), best of 5,
-  synchronised: what moving those ops from the workers to the device costs the device;
+* ``finish_ms``: per preset, one batch's ``BatchFinish`` on the device (on a GPU the crops and
+  resizes the workers left to it, then the preset's batch ops, e.g. ``journal``'s rotation, jitter
+  and grayscale, then conversion and normalisation), best of 5, synchronised: what moving those ops
+  from the workers to the device costs the device;
 * ``batched_crops``: the rrc family's per-sample crop + resize (torchvision's ``resized_crop``,
   antialiased, what a CPU trial's worker does per image on 1 thread) against the same crops of a
   whole batch on the device (``trainables/device_crops.py``: ``torchvision.ops.roi_align``, what a
@@ -70,10 +71,16 @@ def per_image_ms(state: TrialState, samples: int) -> float:
 
 
 def finish_ms(state: TrialState, device: torch.device, batch: int, size: int, repeats: int = 5) -> float:
-    """Milliseconds of the trial's BatchFinish on one uint8 batch already on ``device`` (best of
-    ``repeats``, after a warm-up); the pixels are noise: these ops cost the same on any picture."""
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0)).to(device)
+    """Milliseconds of the trial's BatchFinish on one batch already on ``device`` (best of
+    ``repeats``, after a warm-up), as its loader hands it over: where the trial leaves its crops to
+    the device, a collated CropPlan of its own samples (the crops are timed too); else a uint8 batch
+    of noise (these ops cost the same on any picture)."""
+    if state.finish_train.crop_size is not None:
+        data = state.train_loader.dataset  # SeededItems: (index, seed) -> ((CropPlan, label), index)
+        images = default_collate([data[(i % len(data), i)][0][0] for i in range(batch)]).to(device)
+    else:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(0)).to(device)
     best = float("inf")
     for step in range(repeats + 1):
         if device.type == "cuda":

@@ -3,7 +3,7 @@
 The loader's workers hand over uint8 batches (crops, flips, policy ops run per sample on uint8
 there): a quarter of float32's bytes through the workers' IPC and the host-to-device copy, and no
 per-sample float conversion on the CPU. Here, on the device the model runs on, a whole batch is
-cropped (where the workers left an rrc-family preset's crops to a GPU: device_crops.py), put
+cropped (where the workers left a preset's crops and resizes to a GPU: device_crops.py), put
 through the preset's batch ops (``journal``'s rotation on the uint8 pixels, then colour jitter and
 grayscale on floats: batch_tail.py) or just converted, normalised, then erased (torchvision's RandomErasing, value 0 = the dataset's mean
 colour after normalising, the same parameters: area 2-33 %, aspect 0.3-3.3, 10 tries to fit, per
@@ -17,7 +17,7 @@ not, whatever the number of workers, and the global generators are left alone.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -35,11 +35,13 @@ class BatchFinish:
     probability ``erasing`` per sample. A float batch passes through: it is finished already."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, erasing: float = 0.0,
-                 seed: int = 0, tail: Optional[BatchTail] = None, crop_size: Optional[int] = None) -> None:
+                 seed: int = 0, tail: Optional[BatchTail] = None, crop_size: Optional[int] = None,
+                 crop_op: Callable[[CropPlan, int], torch.Tensor] = crop_on_device) -> None:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.erasing, self.seed, self.epoch = float(erasing), int(seed), 0
         self.tail = tail if tail is not None and tail.active else None
         self.crop_size = crop_size  # the side a CropPlan's boxes are resized to (device_crops.py)
+        self.crop_op = crop_op  # the preset's: roi_align crops (rrc family) or windows (light, none)
         self._constants: dict = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -49,7 +51,7 @@ class BatchFinish:
         if isinstance(images, CropPlan):  # the workers left the crops to the device: float 0..255
             if self.crop_size is None:
                 raise TypeError("a CropPlan batch reached a BatchFinish without crop_size")
-            images = crop_on_device(images, self.crop_size)
+            images = self.crop_op(images, self.crop_size)
         elif images.is_floating_point():
             return images
         scale, shift = self._on(images.device)

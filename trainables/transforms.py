@@ -30,7 +30,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from trainables.batch_tail import BatchTail
-from trainables.device_crops import DeferredResizedCrop
+from trainables.device_crops import (DeferredResizedCrop, DeferredWindow, DeviceCrops, crop_on_device,
+                                     window_on_device)
 from trainables.registry import Registry
 
 EVAL_CROP = "eval_crop"  # every preset takes it: fraction of the resized side kept by the centre crop
@@ -47,9 +48,9 @@ class AugmentationPreset:
     defaults: dict
     # (**params) -> the ops that run on the whole batch after the per-sample ones (batch_tail.py)
     tail: Optional[Callable[..., BatchTail]] = None
-    # Its per-sample ops are RandomResizedCrop(min_scale) + a flip: on a GPU, with the train split
-    # cached, the crops can run on the whole batch there (device_crops.py).
-    crops_on_device: bool = False
+    # Its per-sample ops are crops, resizes and flips only: on a GPU, with the train split cached,
+    # the workers make their draws and the pixel work runs on the whole batch there (device_crops.py).
+    device_crops: Optional[DeviceCrops] = None
 
     def check_params(self, params: dict) -> None:
         valid = set(self.defaults) | set(COMMON)
@@ -132,12 +133,23 @@ def _mirror(piece: torch.Tensor, before: int, after: int, dim: int, mode: str) -
 
 def _light(image_size: int, *, pad_fraction: float) -> list:
     # The CIFAR recipe: random crop after reflect-padding by pad_fraction of the side, + h-flip.
-    pad = int(round(image_size * pad_fraction))
-    return [
-        _squash(image_size),
-        CropThenPad(image_size, padding=pad, padding_mode="reflect"),
-        v2.RandomHorizontalFlip(),
-    ]
+    return [_squash(image_size), _light_window(image_size, pad_fraction), v2.RandomHorizontalFlip()]
+
+
+def _light_window(image_size: int, pad_fraction: float) -> CropThenPad:
+    return CropThenPad(image_size, padding=int(round(image_size * pad_fraction)), padding_mode="reflect")
+
+
+def _light_deferred(image_size: int, *, pad_fraction: float) -> DeferredWindow:
+    return DeferredWindow(image_size, _light_window(image_size, pad_fraction), flip=True)
+
+
+def _none_deferred(image_size: int) -> DeferredWindow:
+    return DeferredWindow(image_size)
+
+
+def _rrc_deferred(image_size: int, *, min_scale: float, **batch_params) -> DeferredResizedCrop:
+    return DeferredResizedCrop(image_size, scale=(float(min_scale), 1.0))
 
 
 def _journal(image_size: int, *, min_scale: float, **batch_params) -> list:
@@ -178,17 +190,23 @@ def _autoaugment(image_size: int, *, min_scale: float) -> list:
 # 0.25, not torchvision's 0.08: at 32 px a crop of 8% of the area keeps ~9x9 pixels.
 _RRC_DEFAULTS = {"min_scale": 0.25}
 
-AUGMENTATIONS.register("none")(AugmentationPreset(_none, {}))
-AUGMENTATIONS.register("light")(AugmentationPreset(_light, {"pad_fraction": 0.125}))
+_SQUASHED_ON_DEVICE = DeviceCrops(_none_deferred, window_on_device)
+_WINDOW_ON_DEVICE = DeviceCrops(_light_deferred, window_on_device)
+_CROPPED_ON_DEVICE = DeviceCrops(_rrc_deferred, crop_on_device)
+
+AUGMENTATIONS.register("none")(AugmentationPreset(_none, {}, device_crops=_SQUASHED_ON_DEVICE))
+AUGMENTATIONS.register("light")(
+    AugmentationPreset(_light, {"pad_fraction": 0.125}, device_crops=_WINDOW_ON_DEVICE)
+)
 AUGMENTATIONS.register("journal")(
     AugmentationPreset(
         _journal, {"rotation": 10.0, "min_scale": 0.5, "jitter": 0.2, "grayscale": 0.1}, tail=_journal_tail,
-        crops_on_device=True,
+        device_crops=_CROPPED_ON_DEVICE,
     )
 )
 
 
-AUGMENTATIONS.register("rrc")(AugmentationPreset(_rrc, dict(_RRC_DEFAULTS), crops_on_device=True))
+AUGMENTATIONS.register("rrc")(AugmentationPreset(_rrc, dict(_RRC_DEFAULTS), device_crops=_CROPPED_ON_DEVICE))
 AUGMENTATIONS.register("trivialaugment")(AugmentationPreset(_trivialaugment, dict(_RRC_DEFAULTS)))
 AUGMENTATIONS.register("randaugment")(
     AugmentationPreset(_randaugment, {**_RRC_DEFAULTS, "num_ops": 2, "magnitude": 9})
@@ -218,14 +236,23 @@ def build_train_pixels(preset: str, image_size: int, params: dict | None = None,
     entry = AUGMENTATIONS.get(preset)
     chosen = _chosen(entry, params)
     if crops_on_device:
-        if not entry.crops_on_device:
+        if entry.device_crops is None:
             raise ValueError(f"augmentation {preset}: its per-sample ops cannot move to the device")
-        return v2.Compose([v2.ToImage(), DeferredResizedCrop(image_size, scale=(float(chosen["min_scale"]), 1.0))])
+        return v2.Compose([v2.ToImage(), entry.device_crops.defer(image_size, **chosen)])
     return v2.Compose([v2.ToImage(), *entry.build(image_size, **chosen)])
 
 
 def crops_can_move_to_device(preset: str) -> bool:
-    return AUGMENTATIONS.get(preset).crops_on_device
+    return AUGMENTATIONS.get(preset).device_crops is not None
+
+
+def device_crop_op(preset: str) -> Callable:
+    """The batch op that does the pixel work a preset's ``crops_on_device`` workers left:
+    (collated CropPlan, image_size) -> float 0..255 batch (device_crops.py)."""
+    entry = AUGMENTATIONS.get(preset)
+    if entry.device_crops is None:
+        raise ValueError(f"augmentation {preset}: its per-sample ops cannot move to the device")
+    return entry.device_crops.crop
 
 
 def build_batch_tail(preset: str, params: dict | None = None) -> Optional[BatchTail]:

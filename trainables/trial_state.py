@@ -33,7 +33,8 @@ from trainables.models import (build_model, default_weights_normalisation, freez
 from trainables.optim import build_optimizer, build_schedule
 from trainables.batch_finish import BatchFinish
 from trainables.transforms import (EVAL_CROP, build_batch_tail, build_eval_pixels, build_train_pixels,
-                                   crops_can_move_to_device, erasing_probability)
+                                   crops_can_move_to_device, device_crop_op,
+                                   erasing_probability)
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ class TrialState:
 
     def __init__(self, config: TrialConfig, *, normalisation: Optional[dict] = None,
                  crops_on_device: Optional[bool] = None) -> None:
-        """``crops_on_device``: leave an rrc-family preset's crops to the device when the training
-        split is read from the cache (device_crops.py); by default on CUDA only."""
+        """``crops_on_device``: leave the preset's crops and resizes to the device when the training
+        split is read from the cache and the preset allows it (device_crops.py); by default on CUDA only."""
         self.config = config
         self.device = resolve_device(config.device)
         if config.threads is not None:  # before any work: the thread count shapes every result
@@ -139,11 +140,12 @@ class TrialState:
         self.normalisation = normalisation or resolve_normalisation(config)
         mean, std = self.normalisation["mean"], self.normalisation["std"]
         # The loaders hand over uint8; conversion, normalisation and erasing run per batch on the device.
-        # On a GPU, an rrc-family trial reading the cache also leaves its crops to the device.
+        # On a GPU, a trial reading the cache also leaves its crops and resizes to the device.
         crops_on_device = crops_on_device and crops_can_move_to_device(config.augmentation)
+        device_crops = {"crop_size": config.image_size,
+                        "crop_op": device_crop_op(config.augmentation)} if crops_on_device else {}
         self.finish_train = BatchFinish(mean, std, erasing=erasing_probability(config.aug), seed=config.seed,
-                                        tail=build_batch_tail(config.augmentation, config.aug),
-                                        crop_size=config.image_size if crops_on_device else None)
+                                        tail=build_batch_tail(config.augmentation, config.aug), **device_crops)
         self.finish_eval = BatchFinish(mean, std)
         return build_splits(
             config.train_dir, config.val_dir,

@@ -1,7 +1,8 @@
-"""The rrc family's crops left to the device (trainables/device_crops.py): the workers draw exactly
-what the per-sample pipeline draws, roi_align's batch crops land within a grey level of
-torchvision's, BatchFinish finishes a CropPlan batch as it finishes the per-sample one, and a loader
-over the cache hands CropPlans through the engine. Run on the CPU here; a trial uses it on CUDA."""
+"""Crops and resizes left to the device (trainables/device_crops.py): the workers draw exactly what
+the per-sample pipeline draws, roi_align's batch crops land within a grey level of torchvision's,
+``light``'s and ``none``'s windows are the per-sample pipeline's pixels (to the resize's rounding),
+BatchFinish finishes a CropPlan batch as it finishes the per-sample one, and a loader over the cache
+hands CropPlans through the engine. Run on the CPU here; a trial uses it on CUDA."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from trainables.models import build_model
 from trainables.optim import build_optimizer
 from trainables.trial_state import TrialState
 from trainables.transforms import (build_batch_tail, build_eval_pixels, build_train_pixels,
-                                   crops_can_move_to_device)
+                                   crops_can_move_to_device, device_crop_op)
 from tuner.datasets.cache import build_cache
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,10 +44,10 @@ def photos() -> torch.Tensor:
                         for data in table.column("jpeg").to_pylist()[:24]])
 
 
-def _both_ways(photos: torch.Tensor, preset: str, params: dict | None = None):
+def _both_ways(photos: torch.Tensor, preset: str, params: dict | None = None, size: int = CROP):
     """(the per-sample pipeline's uint8 batch, the CropPlans the workers would make), same seeds."""
-    per_sample = build_train_pixels(preset, CROP, params)
-    deferred = build_train_pixels(preset, CROP, params, crops_on_device=True)
+    per_sample = build_train_pixels(preset, size, params)
+    deferred = build_train_pixels(preset, size, params, crops_on_device=True)
     expected, plans = [], []
     for seed, image in enumerate(photos):
         torch.manual_seed(seed)
@@ -92,12 +93,34 @@ def test_batch_finish_finishes_a_crop_plan_as_it_finishes_the_per_sample_batch(p
         plain(plan, step=3)
 
 
-def test_only_presets_of_a_crop_and_a_flip_leave_their_crops_to_the_device():
-    assert crops_can_move_to_device("rrc") and crops_can_move_to_device("journal")
-    for preset in ("none", "light", "trivialaugment", "randaugment", "autoaugment"):
+@pytest.mark.parametrize("preset,params", [("light", None), ("light", {"pad_fraction": 0.5}), ("none", None)])
+def test_squashed_windows_on_the_device_are_the_per_sample_pixels(photos, preset, params):
+    # Cached at the trial's size (a trial's own cache is), nothing is resized: the windows, their
+    # reflected edges and flips are index moves, so the pixels are the per-sample pipeline's exactly.
+    expected, plan = _both_ways(photos, preset, params, size=SIDE)
+    assert torch.equal(plan.pixels, photos)  # handed over untouched
+    windows = device_crop_op(preset)(plan, SIDE)
+    assert windows.dtype == torch.float32 and torch.equal(windows, expected.float())
+    assert windows.is_contiguous(memory_format=torch.channels_last)  # the layout the model takes
+    if preset == "light":  # both kinds of sample, and windows reaching into the padding, were checked
+        assert 0 < int(plan.boxes[:, FLIP].sum()) < 24 and bool((plan.boxes[:, :2] < 0).any())
+    else:
+        assert not plan.boxes[:, FLIP].any() and not plan.boxes[:, :2].any()
+    # From a larger cached square the batch is resized first: within the rounding to whole grey levels.
+    expected, plan = _both_ways(photos, preset, params, size=CROP)
+    apart = (device_crop_op(preset)(plan, CROP) - expected.float()).abs()
+    assert float(apart.max()) <= 1.01 and float(apart.mean()) < 0.5
+
+
+def test_presets_of_crops_resizes_and_flips_only_leave_them_to_the_device():
+    for preset in ("rrc", "journal", "light", "none"):
+        assert crops_can_move_to_device(preset)
+    for preset in ("trivialaugment", "randaugment", "autoaugment"):  # their policies need the crop's pixels
         assert not crops_can_move_to_device(preset)
-    with pytest.raises(ValueError, match="light: its per-sample ops cannot move"):
-        build_train_pixels("light", CROP, crops_on_device=True)
+        with pytest.raises(ValueError, match=f"{preset}: its per-sample ops cannot move"):
+            build_train_pixels(preset, CROP, crops_on_device=True)
+        with pytest.raises(ValueError, match=f"{preset}: its per-sample ops cannot move"):
+            device_crop_op(preset)
 
 
 def test_a_loader_over_the_cache_hands_crop_plans_through_the_engine(tiny_data, tmp_path):
@@ -137,14 +160,16 @@ def test_a_cpu_trial_keeps_its_crops_in_the_workers(tiny_data):
     assert isinstance(next(iter(state.train_loader)).images, torch.Tensor)
 
 
-def test_a_trial_told_to_crop_on_the_device_trains_from_crop_plans(tiny_data, tmp_path):
+@pytest.mark.parametrize("preset", ["rrc", "light"])
+def test_a_trial_told_to_crop_on_the_device_trains_from_crop_plans(tiny_data, tmp_path, preset):
     # What a CUDA trial does, forced on the CPU: its loader hands over CropPlans, its finisher crops.
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     build_cache(data / "train", size=32, workers=1, progress=False)
-    state = TrialState(tiny_config(data, augmentation="rrc", image_size=24, max_steps_per_epoch=2),
+    state = TrialState(tiny_config(data, augmentation=preset, image_size=24, max_steps_per_epoch=2),
                        crops_on_device=True)
     assert state.finish_train.crop_size == 24 and state.splits.caches.get("train")
+    assert state.finish_train.crop_op is device_crop_op(preset)
     state.train_loader.sampler.set_epoch(1)
     assert isinstance(next(iter(state.train_loader)).images, CropPlan)
     assert state.train_epoch(1).images == 32
