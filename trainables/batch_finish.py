@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from trainables.batch_tail import BatchTail
-from trainables.device_crops import CropPlan, crop_on_device
+from trainables.device_crops import CropPlan
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision's RandomErasing defaults
 ERASE_RATIO = (0.3, 3.3)
@@ -36,12 +36,14 @@ class BatchFinish:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, erasing: float = 0.0,
                  seed: int = 0, tail: Optional[BatchTail] = None, crop_size: Optional[int] = None,
-                 crop_op: Callable[[CropPlan, int], torch.Tensor] = crop_on_device) -> None:
+                 crop_op: Optional[Callable[[CropPlan, int], torch.Tensor]] = None) -> None:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.erasing, self.seed, self.epoch = float(erasing), int(seed), 0
         self.tail = tail if tail is not None and tail.active else None
         self.crop_size = crop_size  # the side a CropPlan's boxes are resized to (device_crops.py)
-        self.crop_op = crop_op  # the preset's: roi_align crops (rrc family) or windows (light, none)
+        # The preset's batch op (transforms.device_crop_op): roi_align crops (rrc, journal) or windows
+        # (light, none). No default: a plan's boxes mean different things to each.
+        self.crop_op = crop_op
         self._constants: dict = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -49,8 +51,8 @@ class BatchFinish:
 
     def __call__(self, images: torch.Tensor | CropPlan, step: int = 0) -> torch.Tensor:
         if isinstance(images, CropPlan):  # the workers left the crops to the device: float 0..255
-            if self.crop_size is None:
-                raise TypeError("a CropPlan batch reached a BatchFinish without crop_size")
+            if self.crop_size is None or self.crop_op is None:
+                raise TypeError("a CropPlan batch reached a BatchFinish without crop_size and crop_op")
             images = self.crop_op(images, self.crop_size)
         elif images.is_floating_point():
             return images

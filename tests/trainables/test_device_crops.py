@@ -81,7 +81,8 @@ def test_the_batch_crops_land_within_a_grey_level_of_torchvisions(photos):
 def test_batch_finish_finishes_a_crop_plan_as_it_finishes_the_per_sample_batch(photos):
     expected, plan = _both_ways(photos, "journal")
     tail = build_batch_tail("journal", {"grayscale": 0.5})
-    cropping = BatchFinish(MEAN, STD, erasing=0.5, seed=2, tail=tail, crop_size=CROP)
+    cropping = BatchFinish(MEAN, STD, erasing=0.5, seed=2, tail=tail, crop_size=CROP,
+                           crop_op=crop_on_device)
     plain = BatchFinish(MEAN, STD, erasing=0.5, seed=2, tail=tail)
     ours, theirs = cropping(plan, step=3), plain(expected, step=3)
     assert ours.shape == theirs.shape == (24, 3, CROP, CROP)
@@ -149,7 +150,7 @@ def test_a_loader_over_the_cache_hands_crop_plans_through_the_engine(tiny_data, 
     optimizer = build_optimizer(model.parameters(), name="sgd", lr=0.01, momentum=0.9, nesterov=False,
                                 weight_decay=0.0)
     stats = train_one_epoch(model, loader, optimizer, torch.device("cpu"),
-                            finish=BatchFinish(MEAN, STD, crop_size=24))
+                            finish=BatchFinish(MEAN, STD, crop_size=24, crop_op=crop_on_device))
     assert stats.images == 80 and stats.loss == stats.loss  # every image trained, a finite loss
 
 
